@@ -1,0 +1,62 @@
+# wsproxy: the two commands for a fresh machine are `make demo` and `make test`.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+PY312   ?= $(shell ls -d $$(pyenv root 2>/dev/null)/versions/3.12*/bin/python 2>/dev/null | tail -n 1)
+VENV312 ?= .venv312
+PYTEST_ARGS ?=
+
+.PHONY: help demo test build test-unit test-pure test-py312 conformance conformance-full annotate clean
+
+help:
+	@echo "make demo         venv + install + two demo members + the proxy (prints the URL)"
+	@echo "make test         install test deps, build the C accelerators, run the whole suite"
+	@echo "make conformance  Autobahn|Testsuite through the proxy vs direct (all groups)"
+	@echo "make annotate     cython -a reports for ext/*.pyx (ext/*.html)"
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# -- demo: a plain (non-editable) install, as an operator would do -----------------------
+demo: $(BIN)/python
+	$(BIN)/pip install -q .
+	cd /tmp && $(abspath $(BIN))/wsproxy demo
+
+# -- tests: the source tree with the accelerators built in place -----------------------
+$(VENV)/.test-deps: pyproject.toml setup.py | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+build: $(VENV)/.test-deps
+	WSPROXY_REQUIRE_EXTENSIONS=1 $(BIN)/python setup.py -q build_ext --inplace
+
+test: build
+	$(BIN)/python -m wsproxy version
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(MAKE) test-pure
+	$(MAKE) test-py312
+
+# The pure-Python build: the same unit tests (both twins run anyway) and the relay tests
+# with the proxy itself running without accelerators.
+test-pure:
+	WSPROXY_NO_EXTENSIONS=1 $(BIN)/python -m wsproxy version
+	WSPROXY_NO_EXTENSIONS=1 $(BIN)/python -m pytest -q -m "not slow and not conformance" tests/unit tests/integration
+
+# Python 3.12 changed transport buffer ownership on partial writes: run the relay there too.
+test-py312:
+	@if [ -z "$(PY312)" ]; then echo "python3.12 not found (pyenv): skipping the 3.12 run"; exit 0; fi; \
+	 [ -x $(VENV312)/bin/python ] || $(PY312) -m venv $(VENV312); \
+	 $(VENV312)/bin/pip install -q -e '.[test]' && \
+	 WSPROXY_REQUIRE_EXTENSIONS=1 $(VENV312)/bin/python setup.py -q build_ext --inplace && \
+	 $(VENV312)/bin/python -m wsproxy version && \
+	 $(VENV312)/bin/python -m pytest -q -m "not slow and not conformance" tests/integration
+
+conformance: build
+	$(BIN)/python tests/conformance/run.py --full
+
+annotate: $(VENV)/.test-deps
+	$(BIN)/cython -3 -a ext/*.pyx
+
+clean:
+	rm -rf build *.egg-info wsproxy/_ext/*.so ext/*.c ext/*.html .pytest_cache

@@ -1,0 +1,1 @@
+"""Compiled accelerators (built from ext/*.pyx). See wsproxy/_speedups.py."""

@@ -1,0 +1,31 @@
+"""The one place that chooses between the C accelerators and their pure-Python twins.
+
+``WSPROXY_NO_EXTENSIONS=1`` forces the pure build; otherwise the compiled modules in
+``wsproxy._ext`` are used when they import. ``IMPLEMENTATION`` is ``"c"`` or ``"py"``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+NO_EXTENSIONS = bool(os.environ.get("WSPROXY_NO_EXTENSIONS"))
+
+if TYPE_CHECKING or NO_EXTENSIONS:
+    from wsproxy.protocol.frames import FrameTracker
+    from wsproxy.protocol.mask import apply_mask
+
+    IMPLEMENTATION = "py"
+else:
+    try:
+        from wsproxy._ext.frames import FrameTracker
+        from wsproxy._ext.mask import apply_mask
+
+        IMPLEMENTATION = "c"
+    except ImportError:  # not built (source checkout, or a failed optional build)
+        from wsproxy.protocol.frames import FrameTracker
+        from wsproxy.protocol.mask import apply_mask
+
+        IMPLEMENTATION = "py"
+
+__all__ = ["FrameTracker", "apply_mask", "IMPLEMENTATION", "NO_EXTENSIONS"]

@@ -1,0 +1,150 @@
+"""Pool: a pool's members, their availability, and the balancer that chooses among them.
+
+The Pool decides *who may* take a connection (up, not full, not already tried); the
+balancer only decides *which one* of those. Passive health lives here too: consecutive
+connect failures mark a member down for ``down_time``; after that it gets one trial
+connection per ``down_time`` and is up again only when a connect succeeds.
+
+Caller protocol (the I/O shell, one Session):
+    member = pool.pick(avoid=tried)          # None -> answer 503 with pool.why_unavailable(tried)
+    pool.acquire(member)                     # before connecting, so max_conns counts connects too
+    ...connect...  -> pool.connect_ok(member)  or  pool.connect_failed(member) (log if True)
+    pool.release(member)                     # when that connection ends, whatever happened
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Callable, Collection
+
+from wsproxy.balancing import BALANCERS, Balancer
+from wsproxy.balancing.member import DOWN, UP, Member
+from wsproxy.errors import ConfigError
+
+if TYPE_CHECKING:
+    from wsproxy.config.schema import PoolConfig
+
+
+class Pool:
+    def __init__(self, config: PoolConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.name: str = config.name
+        self.clock = clock
+        self.members: tuple[Member, ...] = tuple(Member(m) for m in config.members)
+        try:
+            balancer_class = BALANCERS[config.balance]
+        except KeyError:
+            known = ", ".join(sorted(BALANCERS))
+            raise ConfigError(
+                f"pools.{config.name}.balance",
+                f"balancer {config.balance!r} is not available; expected one of {known}",
+            ) from None
+        self.balancer: Balancer = balancer_class(self.members)
+        # Optional hooks, looked up once rather than on every acquire/release.
+        self._on_take = getattr(self.balancer, "on_take", None)
+        self._on_drop = getattr(self.balancer, "on_drop", None)
+
+    # -- choosing -----------------------------------------------------------------------
+
+    def pick(self, avoid: Collection[Member] = ()) -> Member | None:
+        """A member for a new connection, or None when none is available."""
+        now = self.clock()
+        candidates = [m for m in self.members if self._eligible(m, now) and m not in avoid]
+        if not candidates:
+            return None
+        member = self.balancer.pick(candidates)
+        if member.state == DOWN:
+            # This pick is the member's trial: no other trial until down_time passes again,
+            # even if this attempt is abandoned without connect_ok/connect_failed.
+            member.down_until = now + self.config.down_time
+        member.picks += 1
+        return member
+
+    def _eligible(self, member: Member, now: float) -> bool:
+        if member.active >= member.max_conns:
+            return False
+        if member.state == UP:
+            return True
+        return member.state == DOWN and now >= member.down_until
+
+    def why_unavailable(self, avoid: Collection[Member] = ()) -> str:
+        """Why pick() found nobody, short enough for a log line or a 503 reason."""
+        now = self.clock()
+        total = len(self.members)
+        if total == 0:
+            return "the pool has no members"
+        down = full = tried = other = available = 0
+        retry_in: float | None = None
+        for m in self.members:
+            if m in avoid:
+                tried += 1
+            elif m.state == DOWN and now < m.down_until:
+                down += 1
+                wait = m.down_until - now
+                retry_in = wait if retry_in is None else min(retry_in, wait)
+            elif m.active >= m.max_conns:
+                full += 1
+            elif m.state in (UP, DOWN):
+                available += 1
+            else:
+                other += 1  # a state this module does not manage (e.g. draining)
+        down_text = f"down (retry in {retry_in:.1f}s)" if retry_in is not None else "down"
+        parts = [
+            (down, down_text),
+            (full, "full"),
+            (tried, "already tried"),
+            (other, "not in service"),
+        ]
+        for count, text in parts:
+            if count == total:
+                if total == 1:
+                    return f"the only member is {text}"
+                return f"all {total} members are {text}"
+        reasons = [f"{count} {text}" for count, text in parts if count]
+        if available:
+            reasons.insert(0, f"{available} of {total} available")
+        return ", ".join(reasons)
+
+    # -- connection accounting ----------------------------------------------------------
+
+    def acquire(self, member: Member) -> None:
+        member.active += 1
+        if self._on_take is not None:
+            self._on_take(member)
+
+    def release(self, member: Member) -> None:
+        # Never below 0: a double release must not make a member look emptier than it is.
+        if member.active > 0:
+            member.active -= 1
+            if self._on_drop is not None:
+                self._on_drop(member)
+
+    # -- passive health -----------------------------------------------------------------
+
+    def connect_failed(self, member: Member) -> bool:
+        """Count a failed connect. True when this failure marked the member down (log it)."""
+        member.connect_failures += 1
+        member.fail_streak += 1
+        now = self.clock()
+        if member.state == DOWN:
+            # A failed trial: stay down for another down_time (no new transition to log).
+            member.down_until = now + self.config.down_time
+            return False
+        threshold = self.config.fail_threshold
+        if threshold > 0 and member.fail_streak >= threshold:
+            member.state = DOWN
+            member.down_until = now + self.config.down_time
+            return True
+        return False
+
+    def connect_ok(self, member: Member) -> bool:
+        """Count a successful connect. True when this success brought the member back up."""
+        member.fail_streak = 0
+        if member.state != DOWN:
+            return False
+        member.state = UP
+        member.down_until = 0.0
+        return True
+
+    def __repr__(self) -> str:
+        return f"<Pool {self.name} {self.config.balance} {len(self.members)} members>"

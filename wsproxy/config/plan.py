@@ -1,0 +1,161 @@
+"""``format_plan(config)``: the text ``wsproxy check`` prints.
+
+One block per listener (its routes, in match order, with the pool and the effective relay
+mode each one uses), then one per pool (its policy, timeouts and members), then plugins.
+Columns are aligned across the whole plan so a long config still reads as a table.
+"""
+
+from __future__ import annotations
+
+from wsproxy.config.schema import (
+    Config,
+    ListenerConfig,
+    PoolConfig,
+    RouteConfig,
+    effective_relay,
+    effective_ws_idle_timeout,
+)
+from wsproxy.config.units import format_duration as dur
+from wsproxy.config.units import format_size as size
+
+Row = list[str]
+
+
+def format_plan(config: Config) -> str:
+    lines = [f"config {config.source}", _server_line(config), ""]
+
+    route_rows = {
+        name: [_route_row(config, route) for route in listener.routes] for name, listener in config.listeners.items()
+    }
+    route_widths = _widths([row for rows in route_rows.values() for row in rows])
+    for name, listener in config.listeners.items():
+        lines.extend(_listener_block(listener))
+        lines.extend("  " + _render(row, route_widths) for row in route_rows[name])
+        lines.append("")
+
+    member_rows = {name: [_member_row(m) for m in pool.members] for name, pool in config.pools.items()}
+    member_widths = _widths([row for rows in member_rows.values() for row in rows])
+    for name, pool in config.pools.items():
+        lines.extend(_pool_block(pool))
+        lines.extend("  " + _render(row, member_widths) for row in member_rows[name])
+        lines.append("")
+
+    if config.plugins:
+        lines.append("plugins")
+        rows = [_plugin_row(p) for p in config.plugins]
+        widths = _widths(rows)
+        lines.extend("  " + _render(row, widths) for row in rows)
+        lines.append("")
+
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _server_line(config: Config) -> str:
+    s = config.server
+    parts = [
+        f"workers {s.workers}",
+        f"log {s.log_level} ({s.log_format})",
+        f"access_log {'on' if s.access_log else 'off'}",
+        f"grace {dur(s.grace)}",
+        f"admin {s.admin}" if s.admin else "admin off",
+    ]
+    if s.state:
+        parts.append(f"state {s.state}")
+    return "server  " + "  ".join(parts)
+
+
+def _listener_block(listener: ListenerConfig) -> list[str]:
+    head = f"listener {listener.name}  {listener.bind}  {listener.mode}"
+    if listener.tls:
+        head += f"  tls {listener.tls.cert}"
+    if listener.mode == "tcp":
+        head += f"  -> pool {listener.pool}"
+    if listener.proxy_protocol:
+        head += f"  proxy_protocol {listener.proxy_protocol}"
+    lines = [head]
+    if listener.mode == "http":
+        lines.append(
+            f"  limits  head {dur(listener.head_timeout)}  keepalive {dur(listener.keepalive_timeout)}"
+            f"  max_head {size(listener.max_head_bytes)}  max_headers {listener.max_headers}"
+            f"  max_uri {size(listener.max_uri_bytes)}"
+        )
+    if listener.redirect_https:
+        lines.append(f"  redirect_https {listener.redirect_https}")
+    if listener.trusted_proxies or listener.accept_proxy:
+        trusted = ", ".join(listener.trusted_proxies) or "none"
+        accept = "  accept_proxy on" if listener.accept_proxy else ""
+        lines.append(f"  trusted_proxies {trusted}{accept}")
+    return lines
+
+
+def _route_match(route: RouteConfig) -> str:
+    keys = [
+        f"{name} {value}"
+        for name, value in (("host", route.host), ("path", route.path), ("path_prefix", route.path_prefix))
+        if value is not None
+    ]
+    return "  ".join(keys) or "(catch-all)"
+
+
+def _route_row(config: Config, route: RouteConfig) -> Row:
+    # "(route)" marks a value set on the route itself rather than inherited from the pool.
+    relay = effective_relay(config, route) + (" (route)" if route.relay is not None else "")
+    idle = dur(effective_ws_idle_timeout(config, route)) + (" (route)" if route.ws_idle_timeout is not None else "")
+    row = [f"routes[{route.index}]", _route_match(route), f"-> pool {route.pool}", f"relay {relay}", f"ws_idle {idle}"]
+    if route.allowed_origins:
+        row.append("origins " + ", ".join(route.allowed_origins))
+    return row
+
+
+def _pool_block(pool: PoolConfig) -> list[str]:
+    head = f"pool {pool.name}  {pool.balance}"
+    if pool.hash_key:
+        head += f" by {pool.hash_key}"
+    head += f"  max_conns {pool.max_conns}  relay {pool.relay}"
+    lines = [
+        head,
+        f"  upstream  connect {dur(pool.connect_timeout)}  response {dur(pool.response_timeout)}"
+        f"  ws_idle {dur(pool.ws_idle_timeout)}  retries {pool.retries}"
+        f"  down after {pool.fail_threshold} fails for {dur(pool.down_time)}"
+        + (f"  keepalive {pool.keepalive_conns} conns for {dur(pool.keepalive_timeout)}"
+           if pool.keepalive_conns else "  keepalive off"),
+    ]
+    extras = []
+    if pool.persist:
+        extras.append(f"persist cookie {pool.persist.cookie}")
+    if pool.health:
+        h = pool.health
+        where = f" {h.path}" if h.type != "tcp" else ""
+        extras.append(f"health {h.type}{where} every {dur(h.interval)} timeout {dur(h.timeout)}"
+                      f" rise {h.rise} fall {h.fall}")
+    if pool.proxy_protocol:
+        extras.append(f"proxy_protocol {pool.proxy_protocol}")
+    if extras:
+        lines.append("  " + "  ".join(extras))
+    return lines
+
+
+def _member_row(member) -> Row:
+    return [str(member.addr), f"weight {member.weight}", f"max_conns {member.max_conns}"]
+
+
+def _plugin_row(plugin) -> Row:
+    listeners = ", ".join(plugin.listeners) if plugin.listeners is not None else "every http listener"
+    row = [f"plugins[{plugin.index}]", plugin.path, f"listeners: {listeners}"]
+    if plugin.options:
+        row.append("options: " + ", ".join(plugin.options))
+    return row
+
+
+def _widths(rows: list[Row]) -> list[int]:
+    widths: list[int] = []
+    for row in rows:
+        for i, cell in enumerate(row):
+            if i == len(widths):
+                widths.append(0)
+            widths[i] = max(widths[i], len(cell))
+    return widths
+
+
+def _render(row: Row, widths: list[int]) -> str:
+    return "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip()

@@ -1,0 +1,172 @@
+"""The validated configuration: frozen dataclasses, pure data.
+
+Durations are float seconds, sizes int bytes, addresses ``Address``. The defaults here are
+the only copy: the loader reads them from these classes, so changing one changes both.
+A ``Config`` only exists once every check passed (``load_config`` / ``parse_config``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, field, fields
+from types import MappingProxyType
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        # IPv6 literals keep their brackets so the text parses back to the same Address.
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    workers: int | str = 1  # an int >= 1, or "auto" (one per CPU core)
+    admin: Address | None = None
+    log_level: str = "info"  # debug | info | warning | error
+    log_format: str = "text"  # text | json
+    access_log: bool = True
+    state: str | None = None  # "redis://..." shared state; None = this node only
+    grace: float = 10.0  # SIGTERM: seconds to close WebSockets before exiting
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    cert: str  # PEM file paths, as written
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    index: int  # position in the listener's routes list
+    pool: str
+    host: str | None = None  # exact, or "*.example.com"
+    path: str | None = None  # exact match
+    path_prefix: str | None = None
+    allowed_origins: tuple[str, ...] = ()  # empty = any Origin
+    relay: str | None = None  # None = the pool's relay
+    ws_idle_timeout: float | None = None  # None = the pool's ws_idle_timeout
+    listener: str = ""  # name of the listener holding this route (for labels)
+
+    @property
+    def label(self) -> str:
+        """``"public.routes[2]"``: names the route in logs and the plan."""
+        return f"{self.listener}.routes[{self.index}]" if self.listener else f"routes[{self.index}]"
+
+    @property
+    def is_catch_all(self) -> bool:
+        return self.host is None and self.path is None and self.path_prefix is None
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    name: str
+    bind: Address
+    mode: str = "http"  # "http" (HTTP/1.1 + WebSocket) | "tcp" (layer 4)
+    routes: tuple[RouteConfig, ...] = ()  # http listeners
+    pool: str | None = None  # tcp listeners
+    trusted_proxies: tuple[str, ...] = ()  # CIDR strings, normalized ("10.0.0.1" -> "10.0.0.1/32")
+    head_timeout: float = 10.0  # a request head must arrive within this (408)
+    keepalive_timeout: float = 60.0  # idle time between requests on a client connection
+    max_head_bytes: int = 65536  # 431 above this
+    max_headers: int = 100  # 431 above this
+    max_uri_bytes: int = 8192  # 414 above this
+    tls: TlsConfig | None = None
+    redirect_https: str | None = None  # "https://example.com": answer every request with a redirect
+    proxy_protocol: str | None = None  # "v1" | "v2": send a PROXY header to members (tcp mode)
+    accept_proxy: bool = False  # expect a PROXY v1/v2 header from clients
+
+
+@dataclass(frozen=True, slots=True)
+class MemberConfig:
+    addr: Address
+    weight: int = 1
+    max_conns: int = 10000  # resolved from the pool's max_conns when not set on the member
+
+
+@dataclass(frozen=True, slots=True)
+class PersistConfig:
+    cookie: str  # name of the sticky cookie the proxy inserts
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    type: str  # "tcp" | "http" (expects 2xx/3xx) | "ws" (expects a 101 and a pong)
+    path: str = "/"  # http and ws checks
+    interval: float = 5.0
+    timeout: float = 2.0
+    rise: int = 2  # consecutive passes to mark a member up
+    fall: int = 3  # consecutive failures to mark it down
+
+
+@dataclass(frozen=True, slots=True)
+class PoolConfig:
+    name: str
+    balance: str = "round_robin"  # round_robin | least_conn | random_two | hash
+    hash_key: str | None = None  # balance = "hash": source_ip | header:N | cookie:N | query:N | path
+    members: tuple[MemberConfig, ...] = ()
+    max_conns: int = 10000  # per member, unless the member sets its own
+    persist: PersistConfig | None = None
+    health: HealthConfig | None = None
+    proxy_protocol: str | None = None  # "v1" | "v2"
+    relay: str = "track"  # "raw" | "track" (routes may override)
+    connect_timeout: float = 5.0
+    response_timeout: float = 120.0  # member's response head after the request was sent
+    retries: int = 2  # other members tried after a failed connect
+    fail_threshold: int = 3  # consecutive connect failures that mark a member down
+    down_time: float = 10.0  # how long a member stays down before it is tried again
+    keepalive_conns: int = 16  # idle member connections kept per member
+    keepalive_timeout: float = 30.0  # idle member connections closed after this
+    ws_idle_timeout: float = 3600.0  # a WebSocket with no frame either way is closed after this
+
+
+@dataclass(frozen=True, slots=True)
+class PluginConfig:
+    index: int  # position in [[plugins]]
+    path: str  # .lua or .py, as written
+    listeners: tuple[str, ...] | None = None  # None = every http listener
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig
+    listeners: dict[str, ListenerConfig]  # config-file order
+    pools: dict[str, PoolConfig]  # config-file order
+    plugins: tuple[PluginConfig, ...] = ()
+    source: str = "<config>"
+
+
+def effective_relay(config: Config, route: RouteConfig) -> str:
+    """The relay mode a route's WebSockets use: the route's own, else its pool's."""
+    if route.relay is not None:
+        return route.relay
+    pool = config.pools.get(route.pool)
+    return pool.relay if pool is not None else defaults(PoolConfig)["relay"]
+
+
+def effective_ws_idle_timeout(config: Config, route: RouteConfig) -> float:
+    """Seconds a route's WebSocket may stay silent: the route's own, else its pool's."""
+    if route.ws_idle_timeout is not None:
+        return route.ws_idle_timeout
+    pool = config.pools.get(route.pool)
+    return pool.ws_idle_timeout if pool is not None else defaults(PoolConfig)["ws_idle_timeout"]
+
+
+def defaults(cls: type) -> dict[str, Any]:
+    """The declared defaults of a config dataclass, by field name (fields without one are left out).
+
+    Read through ``fields()`` because slotted dataclasses do not keep defaults as class attributes.
+    """
+    found: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.default is not MISSING:
+            found[f.name] = f.default
+        elif f.default_factory is not MISSING:
+            found[f.name] = f.default_factory()
+    return found
