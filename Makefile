@@ -56,7 +56,7 @@ conformance: build
 	$(BIN)/python tests/conformance/run.py --full
 
 annotate: $(VENV)/.test-deps
-	$(BIN)/cython -3 -a ext/*.pyx
+	WSPROXY_CYTHON_ANNOTATE=1 $(BIN)/python setup.py -q build_ext --inplace --force
 
 clean:
 	rm -rf build *.egg-info wsproxy/_ext/*.so ext/*.c ext/*.html .pytest_cache

@@ -32,6 +32,7 @@ def extensions():
                 f"wsproxy._ext.{stem}",
                 [pyx],
                 include_dirs=["ext/include"],
+                depends=glob.glob("ext/include/*.h"),
                 extra_compile_args=["-O3"],
                 optional=not REQUIRE,
             )

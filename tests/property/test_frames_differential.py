@@ -1,0 +1,163 @@
+"""Differential test: the compiled FrameTracker must match the pure one, byte for byte.
+
+Hypothesis builds streams of frames, valid and corrupted (reserved opcodes, stray RSV bits, the
+wrong mask bit, bad close payloads, huge lengths, random bytes), cuts them at random points and
+feeds both trackers. After every chunk their state and errors must be equal. The pure
+FrameReader, which shares the pure tracker's state machine, must agree too.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from wsproxy import _speedups
+from wsproxy.errors import FrameError
+from wsproxy.protocol import frames as py_frames
+from wsproxy.protocol.frames import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, build_frame
+
+if _speedups.NO_EXTENSIONS:
+    pytest.skip("WSPROXY_NO_EXTENSIONS=1: pure build only", allow_module_level=True)
+try:
+    from wsproxy._ext import frames as c_frames
+except ImportError as exc:  # pragma: no cover - depends on the build
+    reason = f"C extensions not built ({exc}); run: python setup.py build_ext --inplace"
+    pytest.skip(reason, allow_module_level=True)
+
+BAD_CLOSE_CODES = [0, 999, 1004, 1005, 1006, 1015, 2999, 5000, 65535]  # mixed in rarely
+GOOD_CLOSE_CODES = [1000, 1001, 1002, 1003, 1007, 1008, 1011, 1012, 1014, 3000, 4000, 4999]
+
+
+@st.composite
+def close_payloads(draw) -> bytes:
+    """Mostly well-formed Close payloads, with bad codes, bad UTF-8 and odd lengths mixed in."""
+    kinds = ["empty", "code", "code+text", "code+text", "code+bytes", "bad code", "random"]
+    kind = draw(st.sampled_from(kinds))
+    if kind == "empty":
+        return b""
+    if kind == "random":
+        return draw(st.binary(max_size=125))
+    pool = BAD_CLOSE_CODES if kind == "bad code" else GOOD_CLOSE_CODES
+    code = draw(st.sampled_from(pool)).to_bytes(2, "big")
+    if kind in ("code", "bad code"):
+        return code
+    if kind == "code+text":
+        return code + draw(st.text(max_size=30)).encode()[:123]
+    return code + draw(st.binary(max_size=123))
+
+
+payloads = st.binary(max_size=40) | st.binary(min_size=120, max_size=300)
+
+
+@st.composite
+def control_frame(draw, masked: bool) -> bytes:
+    opcode = draw(st.sampled_from([OP_PING, OP_PONG, OP_CLOSE]))
+    payload = draw(close_payloads()) if opcode == OP_CLOSE else draw(st.binary(max_size=125))
+    return build_frame(opcode, payload, mask=masked)
+
+
+@st.composite
+def message(draw, masked: bool, rsv_allowed: int) -> bytes:
+    """A valid data message in 1-3 fragments, control frames possibly in between."""
+    count = draw(st.integers(1, 3))
+    opcode = draw(st.sampled_from([OP_TEXT, OP_BINARY]))
+    rsv = draw(st.sampled_from([0, rsv_allowed & 0x40]))  # permessage-deflate: first frame only
+    out = []
+    for i in range(count):
+        if i and draw(st.integers(0, 3)) == 0:
+            out.append(draw(control_frame(masked)))
+        first, last = i == 0, i == count - 1
+        frame_opcode, frame_rsv = (opcode, rsv) if first else (OP_CONT, 0)
+        out.append(build_frame(frame_opcode, draw(payloads), fin=last, mask=masked, rsv=frame_rsv))
+    return b"".join(out)
+
+
+@st.composite
+def any_frame(draw) -> bytes:
+    """One frame from build_frame with anything goes: opcode, FIN, RSV and mask."""
+    opcode = draw(st.integers(0, 15))
+    payload = draw(close_payloads()) if opcode == OP_CLOSE else draw(payloads)
+    rsv = draw(st.sampled_from([0, 0x40, 0x20, 0x10, 0x70]))
+    return build_frame(opcode, payload, fin=draw(st.booleans()), mask=draw(st.booleans()), rsv=rsv)
+
+
+@st.composite
+def raw_header(draw) -> bytes:
+    """A header with an arbitrary (often huge) length, and no payload."""
+    first = draw(st.sampled_from([0x81, 0x82, 0x02, 0x89, 0x88]) | st.integers(0, 255))
+    mask_bit = draw(st.sampled_from([0, 0x80]))
+    length = draw(st.sampled_from([126, 65535, 65536, 1 << 32, (1 << 63) - 1, 1 << 63, (1 << 64) - 1]))
+    if length < 1 << 16:
+        head = bytes([first, mask_bit | 126]) + length.to_bytes(2, "big")
+    else:
+        head = bytes([first, mask_bit | 127]) + length.to_bytes(8, "big")
+    return head + (b"\x01\x02\x03\x04" if mask_bit else b"")
+
+
+@st.composite
+def streams(draw) -> tuple[tuple[bool, int, int], bytes, list[int]]:
+    """(tracker config, stream, cut points): mostly valid traffic in the tracker's direction."""
+    masked = draw(st.booleans())
+    rsv_allowed = draw(st.sampled_from([0, 0x40, 0x70]))
+    max_frame_size = draw(st.sampled_from([0, 0, 0, 125, 200, 1 << 16]))
+    good = message(masked, rsv_allowed)
+    piece = st.one_of(
+        good, good, good, good, good, good,
+        control_frame(masked), control_frame(masked),
+        any_frame(),  # often a violation
+        raw_header(),  # a huge length, maybe over max_frame_size or with the top bit
+        st.binary(min_size=1, max_size=12),  # garbage
+    )  # fmt: skip
+    data = b"".join(draw(st.lists(piece, max_size=12)))
+    cuts = sorted(set(draw(st.lists(st.integers(0, len(data)), max_size=10))))
+    return (masked, rsv_allowed, max_frame_size), data, cuts
+
+
+def outcome(tracker, chunk: bytes) -> tuple:
+    """Feed one chunk; return the error (if any) and every public attribute."""
+    try:
+        tracker.feed(chunk)
+        error = None
+    except FrameError as exc:
+        error = (exc.close_code, exc.reason)
+    return error, tracker.frames, tracker.messages, tracker.close_code, tracker.at_boundary, tracker.bytes_in
+
+
+@settings(max_examples=600, deadline=None)
+@given(stream=streams())
+def test_c_tracker_matches_python_tracker(stream):
+    (masked, rsv_allowed, max_frame_size), data, cuts = stream
+    c_tracker = c_frames.FrameTracker(masked, rsv_allowed, max_frame_size)
+    py_tracker = py_frames.FrameTracker(masked, rsv_allowed, max_frame_size)
+    reader = py_frames.FrameReader(masked, max_frame_size, rsv_allowed=rsv_allowed)
+
+    bounds = [0, *cuts, len(data)]
+    for start, end in zip(bounds, bounds[1:]):
+        chunk = data[start:end]
+        c_result = outcome(c_tracker, chunk)
+        assert c_result == outcome(py_tracker, chunk)
+        assert c_result == outcome(reader, chunk)
+
+    # A dead tracker keeps raising the same error in both implementations.
+    assert outcome(c_tracker, b"\x81\x00") == outcome(py_tracker, b"\x81\x00")
+
+
+@settings(max_examples=300, deadline=None)
+@given(stream=streams(), data=st.data())
+def test_byte_at_a_time_equals_whole(stream, data):
+    # The chunking never changes the result, for either implementation.
+    config, stream, _ = stream
+    split = data.draw(st.integers(0, len(stream)))
+    for module in (c_frames, py_frames):
+        whole = module.FrameTracker(*config)
+        bytewise = module.FrameTracker(*config)
+        split_twice = module.FrameTracker(*config)
+        expected = outcome(whole, stream)
+        results = [outcome(bytewise, stream[i : i + 1]) for i in range(len(stream))]
+        first_error = next((r for r in results if r[0] is not None), None)
+        last = results[-1] if results else outcome(bytewise, b"")
+        assert (first_error or last)[0] == expected[0]
+        assert last[1:] == expected[1:]
+        outcome(split_twice, stream[:split])
+        assert outcome(split_twice, stream[split:])[1:] == expected[1:]

@@ -1,0 +1,337 @@
+"""FrameTracker (pure and compiled) against the shared vectors; FrameReader and the builders."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from wsproxy.errors import FrameError
+from wsproxy.protocol.frames import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONT,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    Frame,
+    FrameReader,
+    build_close,
+    build_frame,
+    parse_close_payload,
+    valid_close_code,
+)
+
+VECTOR_DIR = Path(__file__).parents[1] / "vectors"
+
+
+def load(name: str) -> list[dict]:
+    return json.loads((VECTOR_DIR / name).read_text())["vectors"]
+
+
+def stream_of(vector: dict) -> bytes:
+    """Join the vector's hex parts; "HEX*N" repeats HEX N times."""
+    out = bytearray()
+    for part in vector["stream"]:
+        hex_text, _, times = part.partition("*")
+        out += bytes.fromhex(hex_text) * int(times or 1)
+    return bytes(out)
+
+
+def chunked(data: bytes, how: str) -> list[bytes | bytearray | memoryview]:
+    """Split data the way a socket might: whole, one byte at a time, or at random points."""
+    if how == "whole":
+        return [data]
+    if how == "bytewise":
+        view = memoryview(data)
+        return [view[i : i + 1] for i in range(len(data))]
+    rng = random.Random(f"{how}:{len(data)}")
+    chunks: list[bytes | bytearray | memoryview] = []
+    pos = 0
+    while pos < len(data):
+        size = rng.choice([1, 1, 2, 3, 5, 7, 13, rng.randint(1, 300)])
+        piece = data[pos : pos + size]
+        chunks.append(rng.choice([bytes, bytearray, memoryview])(piece))
+        pos += size
+    return chunks
+
+
+CHUNKINGS = ["whole", "bytewise", "random-1", "random-2", "random-3"]
+VALID = load("frames_valid.json")
+INVALID = load("frames_invalid.json")
+
+
+def new_tracker(impl, vector):
+    return impl.FrameTracker(vector["masked"], vector["rsv_allowed"], vector["max_frame_size"])
+
+
+def state(tracker) -> tuple:
+    return tracker.frames, tracker.messages, tracker.close_code, tracker.at_boundary, tracker.bytes_in
+
+
+# ---- shared vectors ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", CHUNKINGS)
+@pytest.mark.parametrize("vector", VALID, ids=[v["name"] for v in VALID])
+def test_valid_vector(impl, vector, how):
+    data = stream_of(vector)
+    tracker = new_tracker(impl, vector)
+    for chunk in chunked(data, how):
+        tracker.feed(chunk)
+    expected = (vector["frames"], vector["messages"], vector["close_code"], vector["at_boundary"], len(data))
+    assert state(tracker) == expected
+
+
+@pytest.mark.parametrize("how", CHUNKINGS)
+@pytest.mark.parametrize("vector", INVALID, ids=[v["name"] for v in INVALID])
+def test_invalid_vector(impl, vector, how):
+    data = stream_of(vector)
+    tracker = new_tracker(impl, vector)
+    with pytest.raises(FrameError) as caught:
+        for chunk in chunked(data, how):
+            tracker.feed(chunk)
+    error = caught.value
+    assert error.close_code == vector["code"]
+    assert vector["reason"] in error.reason
+    assert tracker.frames == vector["frames"]
+    assert not tracker.at_boundary
+
+    # The tracker is dead: every later feed raises the same error, even an empty one.
+    for more in (b"", b"\x81\x00"):
+        with pytest.raises(FrameError) as again:
+            tracker.feed(more)
+        assert (again.value.close_code, again.value.reason) == (error.close_code, error.reason)
+    assert tracker.frames == vector["frames"]
+
+
+@pytest.mark.parametrize("vector", INVALID, ids=[v["name"] for v in INVALID])
+def test_invalid_vector_raises_as_soon_as_known(impl, vector):
+    # "error_at" is the byte that reveals the violation (e.g. the last length byte for 1009):
+    # everything before it is accepted, and that one byte alone must raise.
+    data = stream_of(vector)
+    at = vector["error_at"]
+    tracker = new_tracker(impl, vector)
+    tracker.feed(data[:at])
+    with pytest.raises(FrameError):
+        tracker.feed(data[at : at + 1])
+
+
+@pytest.mark.parametrize("vector", VALID, ids=[v["name"] for v in VALID])
+def test_reader_on_valid_vector(vector):
+    reader = FrameReader(vector["masked"], vector["max_frame_size"], rsv_allowed=vector["rsv_allowed"])
+    frames = reader.feed(stream_of(vector))
+    assert len(frames) == reader.frames == vector["frames"]
+    assert reader.messages == vector["messages"]
+    assert reader.close_code == vector["close_code"]
+    assert reader.at_boundary == vector["at_boundary"]
+
+
+@pytest.mark.parametrize("vector", INVALID, ids=[v["name"] for v in INVALID])
+def test_reader_on_invalid_vector(vector):
+    reader = FrameReader(vector["masked"], vector["max_frame_size"], rsv_allowed=vector["rsv_allowed"])
+    with pytest.raises(FrameError) as caught:
+        for chunk in chunked(stream_of(vector), "random-1"):
+            reader.feed(chunk)
+    assert caught.value.close_code == vector["code"]
+    assert vector["reason"] in caught.value.reason
+
+
+# ---- FrameTracker API ----------------------------------------------------------------------------
+
+
+def test_initial_state(impl):
+    tracker = impl.FrameTracker(masked=True)
+    assert state(tracker) == (0, 0, -1, True, 0)
+
+
+@pytest.mark.parametrize("name", ["frames", "messages", "at_boundary", "close_code", "bytes_in"])
+def test_attributes_are_read_only(impl, name):
+    tracker = impl.FrameTracker(False)
+    with pytest.raises(AttributeError):
+        setattr(tracker, name, 1)
+
+
+def test_keyword_arguments(impl):
+    tracker = impl.FrameTracker(masked=False, rsv_allowed=0x40, max_frame_size=3)
+    tracker.feed(b"\xc1\x03abc")
+    with pytest.raises(FrameError) as caught:
+        tracker.feed(b"\x81\x04")
+    assert caught.value.close_code == 1009
+
+
+@pytest.mark.parametrize("kwargs", [{"rsv_allowed": 0x80}, {"rsv_allowed": 0x41}, {"max_frame_size": -1}])
+def test_bad_configuration(impl, kwargs):
+    with pytest.raises(ValueError):
+        impl.FrameTracker(True, **kwargs)
+
+
+def test_bytes_in_counts_everything_fed(impl):
+    tracker = impl.FrameTracker(False)
+    tracker.feed(b"\x81\x02h")
+    tracker.feed(bytearray(b"i\x81"))
+    assert tracker.bytes_in == 5
+    with pytest.raises(FrameError):
+        tracker.feed(memoryview(b"\x00\x83\x00"))  # an empty frame, then a reserved opcode
+    assert tracker.bytes_in == 8
+
+
+def test_buffer_is_released_after_an_error(impl):
+    # A buffer still exported after feed() would make the relay's bytearray unresizable.
+    buf = bytearray(b"\x83\x00")
+    view = memoryview(buf)
+    with pytest.raises(FrameError):
+        impl.FrameTracker(False).feed(view)
+    view.release()
+    buf.extend(b"more")
+    with pytest.raises(FrameError):
+        impl.FrameTracker(False).feed(buf)
+    buf.extend(b"more")
+
+
+def test_masked_flag_is_truthiness(impl):
+    impl.FrameTracker(1).feed(build_frame(OP_TEXT, b"x", mask=True))
+    impl.FrameTracker(0).feed(build_frame(OP_TEXT, b"x", mask=False))
+
+
+def test_close_payload_split_across_feeds(impl):
+    data = build_close(4321, "split reason", mask=True)
+    tracker = impl.FrameTracker(True)
+    for i in range(len(data)):
+        tracker.feed(data[i : i + 1])
+        assert tracker.close_code == (4321 if i == len(data) - 1 else -1)
+
+
+# ---- builders and FrameReader ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("length", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+@pytest.mark.parametrize("mask", [False, True])
+def test_build_frame_round_trip(length, mask):
+    payload = bytes(i & 0xFF for i in range(length))
+    data = build_frame(OP_BINARY, payload, mask=mask)
+    reader = FrameReader(masked=mask)
+    frames = reader.feed(data[:3]) + reader.feed(data[3:])
+    assert frames == [Frame(True, OP_BINARY, payload, 0)]
+
+
+@pytest.mark.parametrize(
+    ("length", "header"),
+    [(0, "8200"), (125, "827d"), (126, "827e007e"), (65535, "827effff"), (65536, "827f0000000000010000")],
+)
+def test_build_frame_length_encoding(length, header):
+    assert build_frame(OP_BINARY, bytes(length), mask=False).hex().startswith(header)
+    masked = build_frame(OP_BINARY, bytes(length), mask=True)
+    assert masked[1] & 0x80
+    assert len(masked) == len(header) // 2 + 4 + length
+
+
+def test_build_frame_fin_rsv_and_fragments():
+    stream = (
+        build_frame(OP_TEXT, b"frag", fin=False, rsv=0x40, mask=True)
+        + build_frame(OP_PING, b"", mask=True)
+        + build_frame(OP_CONT, "ment".encode(), mask=True)
+    )
+    frames = FrameReader(masked=True, rsv_allowed=0x40).feed(stream)
+    assert frames == [
+        Frame(False, OP_TEXT, b"frag", 0x40),
+        Frame(True, OP_PING, b"", 0),
+        Frame(True, OP_CONT, b"ment", 0),
+    ]
+
+
+def test_build_frame_uses_a_fresh_key_each_time():
+    keys = {build_frame(OP_TEXT, b"x", mask=True)[2:6] for _ in range(8)}
+    assert len(keys) > 1
+
+
+@pytest.mark.parametrize("kwargs", [{"opcode": 16}, {"opcode": -1}, {"rsv": 0x80}, {"rsv": 0x01}])
+def test_build_frame_rejects_unencodable(kwargs):
+    args = {"opcode": OP_TEXT, "payload": b"", "mask": False, **kwargs}
+    with pytest.raises(ValueError):
+        build_frame(**args)
+
+
+def test_build_frame_can_build_invalid_frames_for_tests():
+    assert build_frame(3, b"", mask=False) == b"\x83\x00"
+    assert build_frame(OP_PING, bytes(200), mask=False)[:4] == b"\x89\x7e\x00\xc8"
+
+
+CLOSE_CASES = [(1000, ""), (1001, "going away"), (4999, "é€😀"), (3000, "r" * 123)]
+
+
+@pytest.mark.parametrize("mask", [False, True])
+@pytest.mark.parametrize(("code", "reason"), CLOSE_CASES)
+def test_build_close_round_trip(impl, mask, code, reason):
+    data = build_close(code, reason, mask=mask)
+    (frame,) = FrameReader(masked=mask).feed(data)
+    assert frame.opcode == OP_CLOSE and frame.fin
+    assert parse_close_payload(frame.payload) == (code, reason)
+    tracker = impl.FrameTracker(mask)
+    tracker.feed(data)
+    assert tracker.close_code == code
+
+
+def test_build_close_without_code():
+    assert build_close(1005, mask=False) == b"\x88\x00"
+    with pytest.raises(ValueError):
+        build_close(1005, "why", mask=False)
+
+
+def test_build_close_reason_too_long():
+    with pytest.raises(ValueError, match="125"):
+        build_close(1000, "r" * 124, mask=False)
+
+
+def test_reader_accepts_either_mask_when_masked_is_none():
+    stream = build_frame(OP_TEXT, b"a", mask=True) + build_frame(OP_PONG, b"b", mask=False)
+    assert [f.payload for f in FrameReader().feed(stream)] == [b"a", b"b"]
+
+
+def test_reader_max_size_refuses_before_buffering():
+    reader = FrameReader(masked=False, max_size=1000)
+    with pytest.raises(FrameError) as caught:
+        reader.feed(b"\x82\x7f\x00\x00\x00\x00\x00\x01\x00\x00")  # header of a 64 KiB frame only
+    assert caught.value.close_code == 1009
+
+
+def test_reader_default_max_size_is_64_mib():
+    reader = FrameReader()
+    reader.feed(b"\x82\x7f" + (64 * 1024 * 1024).to_bytes(8, "big"))
+    with pytest.raises(FrameError):
+        FrameReader().feed(b"\x82\x7f" + (64 * 1024 * 1024 + 1).to_bytes(8, "big"))
+
+
+def test_reader_returns_only_completed_frames():
+    reader = FrameReader(masked=False)
+    data = build_frame(OP_TEXT, b"hello", mask=False) * 2
+    assert reader.feed(data[:9]) == [Frame(True, OP_TEXT, b"hello")]
+    assert reader.feed(data[9:]) == [Frame(True, OP_TEXT, b"hello")]
+    assert reader.feed(b"") == []
+
+
+# ---- close code rules ----------------------------------------------------------------------------
+
+
+def test_valid_close_code_table():
+    valid = set(range(1000, 1004)) | set(range(1007, 1015)) | set(range(3000, 5000))
+    assert {code for code in range(1 << 16) if valid_close_code(code)} == valid
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [(b"", (1005, "")), (b"\x03\xe8", (1000, "")), (b"\x0f\xa0ok", (4000, "ok"))],
+)
+def test_parse_close_payload(payload, expected):
+    assert parse_close_payload(payload) == expected
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"), [(b"\x03", 1002), (b"\x03\xed", 1002), (b"\x03\xe8\xff", 1007)]
+)
+def test_parse_close_payload_errors(payload, code):
+    with pytest.raises(FrameError) as caught:
+        parse_close_payload(payload)
+    assert caught.value.close_code == code

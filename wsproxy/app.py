@@ -1,0 +1,135 @@
+"""The composition root: one loaded config -> pools, routers, listeners; start and stop.
+
+Nothing else in wsproxy builds long-lived objects or holds module-level state: App owns
+them and passes them in (ARCHITECTURE.md principle 5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+
+from wsproxy import __version__, _speedups
+from wsproxy.balancing import Pool
+from wsproxy.logs import ACCESS, event, setup_logging
+from wsproxy.protocol.forwarding import TrustedProxies
+from wsproxy.proxy.context import ListenerContext, ProxyState
+from wsproxy.proxy.endpoint import Endpoint
+from wsproxy.proxy.session import ClientSession
+from wsproxy.proxy.upstream import IdleConnections
+from wsproxy.routing import Router
+
+
+class _Acceptor:
+    """The sink of a freshly accepted client connection: starts its session."""
+
+    __slots__ = ("ctx",)
+
+    def __init__(self, ctx: ListenerContext) -> None:
+        self.ctx = ctx
+
+    def endpoint(self) -> Endpoint:
+        ep = _ClientEndpoint()
+        ep.ctx = self.ctx
+        return ep
+
+
+class _ClientEndpoint(Endpoint):
+    __slots__ = ("ctx",)
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        if self.ctx.state.draining:
+            transport.abort()
+            return
+        session = ClientSession(self.ctx, self)
+        self.sink = session
+        session.start()
+
+
+class App:
+    def __init__(self, config) -> None:
+        self.config = config
+        self.state = ProxyState(idle=IdleConnections())
+        self.pools = {name: Pool(cfg) for name, cfg in config.pools.items()}
+        self.contexts = {
+            name: ListenerContext(
+                config=lc,
+                router=Router(lc.routes),
+                pools=self.pools,
+                trusted=TrustedProxies(lc.trusted_proxies),
+                state=self.state,
+            )
+            for name, lc in config.listeners.items()
+        }
+        self.servers: list[asyncio.AbstractServer] = []
+        self.stopped: asyncio.Event | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.stopped = asyncio.Event()
+        for name, ctx in self.contexts.items():
+            bind = ctx.config.bind
+            acceptor = _Acceptor(ctx)
+            server = await loop.create_server(
+                acceptor.endpoint, bind.host, bind.port, reuse_address=True, backlog=1024,
+                family=socket.AF_INET6 if ":" in bind.host else socket.AF_INET,
+            )
+            self.servers.append(server)
+            event(logging.INFO, "listening", listener=name, bind=str(bind), mode=ctx.config.mode)
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting; Close 1001 on every WebSocket; wait up to ``grace``; then cut."""
+        self.state.draining = True
+        for server in self.servers:
+            server.close()
+        sessions = list(self.state.sessions)
+        event(logging.INFO, "shutting down", sessions=len(sessions), grace_s=grace)
+        for session in sessions:
+            session.shutdown()
+        tasks = [s.task for s in sessions if s.task is not None and not s.task.done()]
+        if tasks:
+            done, pending = await asyncio.wait(tasks, timeout=grace)
+            for session in list(self.state.sessions):
+                session.ep.abort()
+            for task in pending:
+                task.cancel()
+            if pending:
+                event(logging.WARNING, "grace period over: connections cut", count=len(pending))
+                await asyncio.wait(pending, timeout=1.0)
+        self.state.idle.close_all()
+        if self.stopped is not None:
+            self.stopped.set()
+
+
+async def serve(config, *, extra_startup=None) -> None:
+    """Run ``config`` until SIGTERM/SIGINT, then drain within ``server.grace``."""
+    app = App(config)
+    await app.start()
+    if extra_startup is not None:
+        await extra_startup()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    event(logging.INFO, "wsproxy %s ready" % __version__, build=_speedups.IMPLEMENTATION,
+          listeners=len(app.servers))
+    await stop.wait()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+    await app.stop(config.server.grace)
+    event(logging.INFO, "stopped")
+
+
+def run(config, *, log_level: str | None = None, log_format: str | None = None, extra_startup=None) -> None:
+    server = config.server
+    setup_logging(log_level or server.log_level, log_format or server.log_format)
+    ACCESS.disabled = not server.access_log
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; stay usable without it
+        asyncio.run(serve(config, extra_startup=extra_startup))
+    else:
+        uvloop.run(serve(config, extra_startup=extra_startup))

@@ -1,0 +1,123 @@
+"""Endpoint: one TCP connection (client or member side) and the sink that handles it.
+
+An Endpoint is a thin asyncio Protocol. It owns the transport and forwards every event to
+its current *sink*, an object that changes as the connection moves through its life:
+the HTTP session reading requests, an HTTP exchange reading a response, the WebSocket
+relay, or the idle-connection pool. Sinks implement::
+
+    on_data(ep, data)          bytes arrived
+    on_eof(ep) -> bool         the peer half-closed; True keeps the transport open for writing
+    on_lost(ep, exc)           the connection is gone (exc is None on a clean close)
+    on_pause_writing(ep)       our writes to ep are piling up: pause whoever feeds them
+    on_resume_writing(ep)
+
+Reading is paused by *reason* (a small set), so two reasons to pause never undo each
+other: the transport reads again only when every reason is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+
+class Endpoint(asyncio.Protocol):
+    __slots__ = ("transport", "sink", "peer", "closed", "lost", "_pause_reasons")
+
+    def __init__(self, sink=None) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.sink = sink
+        self.peer: tuple[str, int] | None = None
+        self.closed = False  # close()/abort() called or connection lost
+        self.lost: asyncio.Future | None = None
+        self._pause_reasons: set[str] = set()
+
+    # -- asyncio.Protocol ------------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = (peer[0], peer[1]) if peer else ("-", 0)
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        self.sink.on_data(self, data)
+
+    def eof_received(self) -> bool:
+        return self.sink.on_eof(self)
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        if self.lost is not None and not self.lost.done():
+            self.lost.set_result(exc)
+        if self.sink is not None:
+            self.sink.on_lost(self, exc)
+
+    def pause_writing(self) -> None:
+        self.sink.on_pause_writing(self)
+
+    def resume_writing(self) -> None:
+        self.sink.on_resume_writing(self)
+
+    # -- helpers ---------------------------------------------------------------------
+    @property
+    def address(self) -> str:
+        host, port = self.peer or ("-", 0)
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def write(self, data) -> None:
+        if not self.closed:
+            self.transport.write(data)
+
+    def pause_reading(self, reason: str) -> None:
+        if not self._pause_reasons and not self.closed:
+            self.transport.pause_reading()
+        self._pause_reasons.add(reason)
+
+    def resume_reading(self, reason: str) -> None:
+        if reason in self._pause_reasons:
+            self._pause_reasons.discard(reason)
+            if not self._pause_reasons and not self.closed:
+                self.transport.resume_reading()
+
+    def resume_all_reading(self) -> None:
+        if self._pause_reasons:
+            self._pause_reasons.clear()
+            if not self.closed:
+                self.transport.resume_reading()
+
+    def close(self) -> None:
+        """Close after the write buffer is flushed."""
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Close now, dropping anything unsent (a reset)."""
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def write_buffer_size(self) -> int:
+        return self.transport.get_write_buffer_size() if self.transport else 0
+
+
+class Discard:
+    """The sink of a connection nobody owns any more: anything that arrives closes it."""
+
+    def on_data(self, ep: Endpoint, data) -> None:
+        ep.abort()
+
+    def on_eof(self, ep: Endpoint) -> bool:
+        ep.close()
+        return False
+
+    def on_lost(self, ep: Endpoint, exc) -> None:
+        pass
+
+    def on_pause_writing(self, ep: Endpoint) -> None:
+        pass
+
+    def on_resume_writing(self, ep: Endpoint) -> None:
+        pass
+
+
+DISCARD = Discard()

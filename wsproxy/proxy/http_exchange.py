@@ -1,0 +1,332 @@
+"""HttpExchange: one plain HTTP request forwarded to a member and its response streamed back.
+
+Bodies stream in both directions and are never buffered whole: the client's body events
+are written to the member as they are parsed, the member's body is written to the client
+as it is parsed, and each side's write backpressure pauses the other side's reads.
+
+Framing towards each peer is chosen here, once per message:
+- request: Content-Length kept as is, or chunked re-encoded chunk by chunk;
+- response: Content-Length kept; chunked re-encoded for HTTP/1.1 clients; a close-delimited
+  body (or chunked to an HTTP/1.0 client) is sent close-delimited with ``Connection: close``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from wsproxy.errors import HttpError, UpstreamError
+from wsproxy.protocol import http1
+from wsproxy.protocol.forwarding import forwarded_headers, strip_hop_by_hop
+from wsproxy.proxy.endpoint import DISCARD
+from wsproxy.proxy.upstream import connect_to_pool
+
+_CLIENT = "client"
+_UPSTREAM = "upstream"
+
+
+class MemberLost(Exception):
+    """The member closed or broke the connection before its response was complete."""
+
+    def __init__(self, reason: str, got_bytes: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.got_bytes = got_bytes
+
+
+class ClientGone(Exception):
+    pass
+
+
+def request_headers_for_member(session, head, *, upgrade: bool = False) -> list[tuple[str, str]]:
+    """The client's headers, hop-by-hop removed, X-Forwarded-*/Forwarded added."""
+    ctx = session.ctx
+    headers = strip_hop_by_hop(head.headers)
+    headers = forwarded_headers(
+        headers,
+        client_ip=session.client_ip,
+        proto=ctx.proto,
+        host=head.get("host"),
+        trusted=ctx.trusted.contains(session.client_ip),
+    )
+    if upgrade:
+        headers.append(("Connection", "Upgrade"))
+        headers.append(("Upgrade", head.get("upgrade") or "websocket"))
+    elif head.chunked:
+        headers.append(("Transfer-Encoding", "chunked"))
+    return headers
+
+
+class HttpExchange:
+    def __init__(self, session, head, route, pool, started: float) -> None:
+        self.session = session
+        self.client = session.ep
+        self.head = head
+        self.route = route
+        self.pool = pool
+        self.started = started
+        self.loop = asyncio.get_running_loop()
+        self.up = None
+        self.parser: http1.ResponseParser | None = None
+        self.head_future: asyncio.Future | None = None
+        self.done_future: asyncio.Future | None = None
+        self.got_response_bytes = False
+        self.response_head = None
+        self.status: int | None = None
+        self.to_client = "length"  # "length" | "chunked" | "close" | "none"
+        self.keep_alive = head.keep_alive
+        self.request_complete = False
+        self.client_gone = False
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.has_body = head.chunked or bool(head.content_length)
+        self.body_attached = False
+        self.member_addr: str | None = None
+
+    # -- the exchange -----------------------------------------------------------------
+    async def run(self) -> bool:
+        """Forward the request, stream the response; True if the client connection stays open."""
+        if not await self.forward_request():
+            return False
+        return await self.stream_response()
+
+    def member_headers(self) -> list[tuple[str, str]]:
+        return request_headers_for_member(self.session, self.head)
+
+    async def forward_request(self) -> bool:
+        """Connect (with retries), send the head, wait for the response head.
+
+        False means the client has been answered (502/503/504) or is gone.
+        """
+        session = self.session
+        cfg = self.pool.config
+        reuse = True
+        while True:
+            try:
+                self.up = await connect_to_pool(self.pool, session.ctx.state.idle, reuse=reuse)
+            except UpstreamError as exc:
+                self._fail(exc.status, exc.reason)
+                return False
+            if self.client_gone:
+                self._finish_upstream(reusable=False)
+                self._log(None, "client closed before the request was sent")
+                return False
+            self.member_addr = str(self.up.member.addr)
+            self._start_response()
+            ep = self.up.endpoint
+            ep.sink = self
+            ep.write(http1.serialize_request_head(self.head.method, self.head.target, self.member_headers()))
+            if not self.body_attached:
+                self.body_attached = True
+                session.attach_body(self)
+            try:
+                async with asyncio.timeout(cfg.response_timeout):
+                    await self.head_future
+                break
+            except TimeoutError:
+                self._finish_upstream(reusable=False)
+                self._fail(504, "member %s sent no response within %gs" % (self.member_addr, cfg.response_timeout))
+                return False
+            except ClientGone:
+                self._finish_upstream(reusable=False)
+                self._log(None, "client closed before the response")
+                return False
+            except MemberLost as exc:
+                reused = self.up.reused
+                self._finish_upstream(reusable=False)
+                if reused and not exc.got_bytes and not self.has_body:
+                    reuse = False  # a parked connection went stale: retry once on a fresh one
+                    continue
+                self._fail(502, "member %s: %s" % (self.member_addr, exc.reason))
+                return False
+            except HttpError as exc:
+                self._finish_upstream(reusable=False)
+                self._fail(502, "member %s sent an invalid response: %s" % (self.member_addr, exc.reason))
+                return False
+        return True
+
+    async def stream_response(self) -> bool:
+        """The head is on its way to the client; the body streams from on_data."""
+        try:
+            await self.done_future
+        except (MemberLost, HttpError) as exc:
+            reason = exc.reason if hasattr(exc, "reason") else str(exc)
+            self._finish_upstream(reusable=False)
+            self.client.close()  # the client sees a truncated body, never a wrong one
+            self._log(self.status, "member %s broke off the response: %s" % (self.member_addr, reason))
+            return False
+        except ClientGone:
+            self._finish_upstream(reusable=False)
+            self._log(self.status, "client closed during the response")
+            return False
+        keep = self.keep_alive and self.request_complete and not self.client_gone
+        self._finish_upstream(reusable=self._upstream_reusable())
+        self._log(self.status, None)
+        if not keep:
+            self.client.close()
+        return keep
+
+    def _start_response(self) -> None:
+        self.parser = http1.ResponseParser()
+        if self.head.method == "HEAD":
+            self.parser.expect_head_response()
+        self.head_future = self.loop.create_future()
+        self.done_future = self.loop.create_future()
+        self.got_response_bytes = False
+
+    def _upstream_reusable(self) -> bool:
+        rh = self.response_head
+        return (rh is not None and self.request_complete and rh.keep_alive
+                and not getattr(rh, "body_until_close", False))
+
+    def _finish_upstream(self, *, reusable: bool) -> None:
+        up = self.up
+        if up is None:
+            return
+        self.pool.release(up.member)
+        ep = up.endpoint
+        self.client.resume_reading(_UPSTREAM)
+        if reusable and not ep.closed and not self.session.ctx.state.draining:
+            cfg = self.pool.config
+            self.session.ctx.state.idle.put(up.member.addr, ep, cfg.keepalive_conns, cfg.keepalive_timeout)
+        else:
+            ep.sink = DISCARD
+            ep.abort()
+        self.up = None
+
+    def _fail(self, status: int, reason: str) -> None:
+        self.session.fail(status, reason, head=self.head, route=self.route, pool=self.pool.name,
+                          member=self.member_addr, started=self.started)
+
+    def _log(self, status, reason) -> None:
+        self.session.log_http(self.head, status, route=self.route, pool=self.pool.name, member=self.member_addr,
+                              reason=reason, bytes_in=self.bytes_in, bytes_out=self.bytes_out,
+                              started=self.started)
+
+    # -- client side: body events and transport callbacks -------------------------------
+    def client_event(self, ev) -> None:
+        ep = self.up.endpoint if self.up is not None else None
+        if isinstance(ev, http1.Body):
+            self.bytes_in += len(ev.data)
+            if ep is not None:
+                ep.write(http1.encode_chunk(ev.data) if self.head.chunked else ev.data)
+        else:  # EndOfMessage
+            self.request_complete = True
+            if ep is not None and self.head.chunked:
+                ep.write(http1.LAST_CHUNK)
+
+    def client_eof(self) -> None:
+        if not self.request_complete:
+            self._client_gone()
+
+    def client_lost(self, exc) -> None:
+        self._client_gone()
+
+    def _client_gone(self) -> None:
+        self.client_gone = True
+        for fut in (self.head_future, self.done_future):
+            if fut is not None and not fut.done():
+                fut.set_exception(ClientGone())
+                fut.exception()  # mark retrieved: only one of them is awaited
+
+    def client_pause_writing(self) -> None:
+        if self.up is not None:
+            self.up.endpoint.pause_reading(_CLIENT)
+
+    def client_resume_writing(self) -> None:
+        if self.up is not None:
+            self.up.endpoint.resume_reading(_CLIENT)
+
+    def shutdown(self) -> None:
+        self.keep_alive = False  # finish this response, then close
+
+    # -- member side: sink for the upstream endpoint ----------------------------------
+    def on_data(self, ep, data: bytes) -> None:
+        self.got_response_bytes = True
+        try:
+            events = self.parser.feed(data)
+        except HttpError as exc:
+            self._member_failed(exc)
+            return
+        self._deliver(events)
+
+    def _deliver(self, events) -> None:
+        for ev in events:
+            if isinstance(ev, http1.Body):
+                if self.to_client == "chunked":
+                    self._to_client(http1.encode_chunk(ev.data))
+                elif self.to_client != "none":
+                    self._to_client(ev.data)
+            elif isinstance(ev, http1.ResponseHead):
+                if ev.status == 101:
+                    self._switching(ev)
+                elif ev.status < 200:  # 100 Continue, 103 Early Hints: relay, keep waiting
+                    self._to_client(http1.serialize_response_head(ev.status, ev.reason, ev.headers))
+                else:
+                    self._response_head(ev)
+            elif isinstance(ev, http1.EndOfMessage):
+                if self.to_client == "chunked":
+                    self._to_client(http1.LAST_CHUNK)
+                if not self.done_future.done():
+                    self.done_future.set_result(None)
+            elif isinstance(ev, http1.Upgrade):
+                self._upgraded(ev.leftover)
+
+    def _switching(self, rh) -> None:
+        self._member_failed(HttpError(502, "member answered 101 to a request that asked for no upgrade"))
+
+    def _upgraded(self, leftover: bytes) -> None:
+        pass  # only a WebSocket exchange expects this
+
+    def _response_head(self, rh) -> None:
+        self.response_head = rh
+        self.status = rh.status
+        headers = strip_hop_by_hop(rh.headers)
+        client_11 = self.head.version != "1.0"
+        if self.head.method == "HEAD" or rh.status in (204, 304):
+            self.to_client = "none"
+        elif rh.chunked and client_11:
+            self.to_client = "chunked"
+            headers.append(("Transfer-Encoding", "chunked"))
+        elif rh.content_length is not None and not rh.chunked:
+            self.to_client = "length"
+        else:
+            self.to_client = "close"
+        if self.to_client == "close" or self.session.ctx.state.draining:
+            self.keep_alive = False
+        if not self.keep_alive:
+            headers.append(("Connection", "close"))
+        elif not client_11:
+            headers.append(("Connection", "keep-alive"))
+        self._to_client(http1.serialize_response_head(rh.status, rh.reason, headers))
+        if not self.head_future.done():
+            self.head_future.set_result(rh)
+
+    def _to_client(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        self.client.write(data)
+
+    def _member_failed(self, exc: Exception) -> None:
+        for fut in (self.head_future, self.done_future):
+            if fut is not None and not fut.done():
+                fut.set_exception(exc)
+                fut.exception()
+
+    def on_eof(self, ep) -> bool:
+        try:
+            events = self.parser.feed_eof()
+        except HttpError as exc:
+            self._member_failed(MemberLost(exc.reason, self.got_response_bytes))
+            return False
+        self._deliver(events)
+        self._member_failed(MemberLost("member closed the connection", self.got_response_bytes))
+        return False
+
+    def on_lost(self, ep, exc) -> None:
+        why = "connection lost: %s" % exc if exc else "member closed the connection"
+        self._member_failed(MemberLost(why, self.got_response_bytes))
+
+    def on_pause_writing(self, ep) -> None:
+        self.client.pause_reading(_UPSTREAM)
+
+    def on_resume_writing(self, ep) -> None:
+        self.client.resume_reading(_UPSTREAM)

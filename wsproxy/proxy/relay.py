@@ -1,0 +1,293 @@
+"""WsRelay: the two legs of an upgraded connection, after the 101.
+
+Modes (per route, see ARCHITECTURE.md principle 3):
+- ``track`` (default): a FrameTracker per direction parses frame headers only; payload
+  bytes are forwarded untouched (still masked). Knowing the frame boundaries lets the
+  proxy inject its own Close frames cleanly, count frames, and reject protocol violations.
+- ``raw``: bytes are spliced with no frame awareness at all; the proxy can then only
+  close TCP connections, never send a Close frame.
+
+Closing, per leg. A Close frame passing through is forwarded, and after it nothing more is
+sent that way. The proxy injects a Close of its own only at a frame boundary:
+- the member disconnects or dies without a Close  -> Close 1014 to the client;
+- the client disappears without a Close           -> masked Close 1001 to the member;
+- shutdown / drain                                 -> Close 1001 to both;
+- the ws idle timeout                              -> Close 1001 to both;
+- a protocol violation on either side             -> the violation's code (1002, 1007, 1009) to both.
+A leg whose closing handshake is done (or whose peer is gone) is shut with a FIN, then
+closed when the peer closes too, or aborted after ``LINGER`` seconds: a lingering close,
+so a Close frame is never destroyed by a reset for unread data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from wsproxy import _speedups
+from wsproxy.errors import FrameError
+from wsproxy.logs import event
+from wsproxy.protocol.frames import build_close
+
+LINGER = 2.0  # seconds a shut leg waits for its peer to close
+CLIENT = "client"
+MEMBER = "member"
+PROXY = "proxy"
+
+
+class WsRelay:
+    def __init__(self, client, member, *, mode: str, rsv: int, idle_timeout: float) -> None:
+        self.client = client
+        self.member = member
+        self.loop = asyncio.get_running_loop()
+        self.track = mode == "track"
+        FrameTracker = _speedups.FrameTracker
+        self.c2u = FrameTracker(True, rsv) if self.track else None
+        self.u2c = FrameTracker(False, rsv) if self.track else None
+        self.done = self.loop.create_future()
+        self.bytes_in = 0  # from the client
+        self.bytes_out = 0  # to the client
+        self.close_code: int | None = None  # the first Close of the session (1006: none, TCP gone)
+        self.closed_by: str | None = None
+        self.reason: str | None = None
+        self.client_sent_close = False  # Close frames seen, per sender
+        self.member_sent_close = False
+        self.closed_to_client = False  # a Close frame was written towards the client
+        self.closed_to_member = False
+        self.shut: set = set()  # endpoints we sent a FIN to
+        self.ended: set = set()  # endpoints whose peer sent EOF or was lost
+        self.gone: set = set()  # endpoints whose connection is lost
+        self.idle_timeout = idle_timeout
+        self.activity = True
+        self.idle_checks = 0
+        self.idle_handle: asyncio.TimerHandle | None = None
+        self.linger_handles: list[asyncio.TimerHandle] = []
+
+    # -- start / finish ---------------------------------------------------------------
+    def start(self, client_data: bytes, member_data: bytes) -> None:
+        self.client.sink = self
+        self.member.sink = self
+        if member_data:
+            self._from_member(member_data)
+        if client_data:
+            self._from_client(client_data)
+        self.client.resume_all_reading()
+        self.member.resume_all_reading()
+        if self.idle_timeout > 0:
+            self.idle_handle = self.loop.call_later(self.idle_timeout / 4, self._idle_check)
+        for ep in (self.client, self.member):
+            if ep.closed and ep not in self.ended:
+                self.on_lost(ep, None)
+
+    def _first_close(self, by: str, code: int, reason: str | None = None) -> None:
+        if self.closed_by is None:
+            self.closed_by = by
+            self.close_code = code
+            if reason:
+                self.reason = reason
+
+    def _maybe_done(self) -> None:
+        if len(self.gone) == 2 and not self.done.done():
+            if self.idle_handle is not None:
+                self.idle_handle.cancel()
+            for h in self.linger_handles:
+                h.cancel()
+            self.done.set_result(None)
+
+    # -- data ---------------------------------------------------------------------------
+    def on_data(self, ep, data: bytes) -> None:
+        if ep is self.client:
+            self._from_client(data)
+        else:
+            self._from_member(data)
+
+    def _from_client(self, data: bytes) -> None:
+        self.activity = True
+        tracker = self.c2u
+        if tracker is not None:
+            at_boundary = tracker.at_boundary
+            try:
+                tracker.feed(data)
+            except FrameError as exc:
+                self._violation(CLIENT, exc, at_boundary)
+                return
+            if not self.client_sent_close and tracker.close_code != -1:
+                self.client_sent_close = True
+                self._first_close(CLIENT, tracker.close_code)
+        if not self.closed_to_member and self.member not in self.ended:
+            self.bytes_in += len(data)
+            self.member.write(data)
+            if self.client_sent_close:
+                self.closed_to_member = True
+        if self.client_sent_close and self.closed_to_client:
+            self._shut(self.client)  # the client leg's closing handshake is complete
+
+    def _from_member(self, data: bytes) -> None:
+        self.activity = True
+        tracker = self.u2c
+        if tracker is not None:
+            at_boundary = tracker.at_boundary
+            try:
+                tracker.feed(data)
+            except FrameError as exc:
+                self._violation(MEMBER, exc, at_boundary)
+                return
+            if not self.member_sent_close and tracker.close_code != -1:
+                self.member_sent_close = True
+                self._first_close(MEMBER, tracker.close_code)
+        if not self.closed_to_client and self.client not in self.ended:
+            self.bytes_out += len(data)
+            self.client.write(data)
+            if self.member_sent_close:
+                self.closed_to_client = True
+        if self.client_sent_close and self.closed_to_client:
+            self._shut(self.client)
+
+    # -- injected Close frames -------------------------------------------------------
+    def _close_client(self, code: int, reason: str, at_boundary: bool | None = None) -> bool:
+        """Send our own Close to the client if the member->client stream is at a boundary."""
+        if self.closed_to_client or self.client in self.ended or self.u2c is None:
+            return False
+        if not (self.u2c.at_boundary if at_boundary is None else at_boundary):
+            return False
+        frame = build_close(code, reason, mask=False)
+        self.client.write(frame)
+        self.bytes_out += len(frame)
+        self.closed_to_client = True
+        return True
+
+    def _close_member(self, code: int, reason: str, at_boundary: bool | None = None) -> bool:
+        """Send our own (masked) Close to the member if client->member is at a boundary."""
+        if self.closed_to_member or self.member in self.ended or self.c2u is None:
+            return False
+        if not (self.c2u.at_boundary if at_boundary is None else at_boundary):
+            return False
+        self.member.write(build_close(code, reason, mask=True))
+        self.closed_to_member = True
+        return True
+
+    # -- leg shutdown ---------------------------------------------------------------------
+    def _shut(self, ep) -> None:
+        """Half-close ``ep`` (FIN after the buffered writes), then close when its peer does."""
+        if ep in self.shut or ep in self.gone or ep.closed:
+            return
+        self.shut.add(ep)
+        transport = ep.transport
+        if ep in self.ended or not transport.can_write_eof():
+            ep.close()
+            return
+        transport.write_eof()
+        self.linger_handles.append(self.loop.call_later(LINGER, ep.abort))
+
+    # -- transport events ------------------------------------------------------------
+    def on_eof(self, ep) -> bool:
+        if ep not in self.ended:
+            self._leg_ended(ep, None)
+        ep.close()
+        return False
+
+    def on_lost(self, ep, exc) -> None:
+        if ep not in self.ended:
+            self._leg_ended(ep, exc)
+        self.gone.add(ep)
+        self._maybe_done()
+
+    def _leg_ended(self, ep, exc) -> None:
+        """``ep``'s peer closed its side (EOF) or the connection was lost."""
+        self.ended.add(ep)
+        if not self.track:
+            self._first_close(MEMBER if ep is self.member else CLIENT, None,
+                              "connection closed (raw relay: Close frames are not tracked)")
+            self._shut(self.client if ep is self.member else self.member)
+        elif ep is self.member:
+            if not self.member_sent_close:
+                why = "member closed the connection without a Close frame"
+                if exc is not None:
+                    why = "member connection lost (%s)" % exc.__class__.__name__
+                self._first_close(MEMBER, 1006, why)
+                if self._close_client(1014, "member lost"):
+                    event(logging.INFO, "member lost: sent Close 1014 to the client",
+                          client=self.client.address)
+                elif not self.closed_to_client:
+                    self.reason = why + "; mid-frame, so no Close frame could be sent"
+            self._shut(self.client)
+        else:
+            if not self.client_sent_close:
+                why = "client closed the connection without a Close frame"
+                if exc is not None:
+                    why = "client connection lost (%s)" % exc.__class__.__name__
+                self._first_close(CLIENT, 1006, why)
+                self._close_member(1001, "client went away")
+            self._shut(self.member)
+
+    def _violation(self, side: str, exc: FrameError, at_boundary: bool) -> None:
+        """A peer broke the protocol: Close with its code to both legs, then shut both."""
+        self._first_close(PROXY, exc.close_code, "%s protocol violation: %s" % (side, exc.reason))
+        event(logging.INFO, "websocket protocol violation", side=side, code=exc.close_code,
+              reason=exc.reason, client=self.client.address)
+        reason = exc.reason[:100]
+        if side == CLIENT:
+            self._close_member(exc.close_code, reason, at_boundary)
+            self._close_client(exc.close_code, reason)
+        else:
+            self._close_client(exc.close_code, reason, at_boundary)
+            self._close_member(exc.close_code, reason)
+        # Nothing more is forwarded either way: the stream that broke is unreadable.
+        self.closed_to_member = self.closed_to_client = True
+        self._shut(self.client)
+        self._shut(self.member)
+
+    # -- flow control ------------------------------------------------------------------
+    def on_pause_writing(self, ep) -> None:
+        (self.member if ep is self.client else self.client).pause_reading("peer")
+
+    def on_resume_writing(self, ep) -> None:
+        (self.member if ep is self.client else self.client).resume_reading("peer")
+
+    # the ClientSession forwards these while the relay is its handler
+    def client_eof(self) -> None:
+        pass
+
+    def client_lost(self, exc) -> None:
+        pass
+
+    def client_pause_writing(self) -> None:
+        self.on_pause_writing(self.client)
+
+    def client_resume_writing(self) -> None:
+        self.on_resume_writing(self.client)
+
+    # -- timers and operator actions --------------------------------------------------
+    def _idle_check(self) -> None:
+        if self.done.done():
+            return
+        if self.activity:
+            self.activity = False
+            self.idle_checks = 0
+        else:
+            self.idle_checks += 1
+            if self.idle_checks >= 4:
+                self.close_both(1001, "idle timeout (%gs)" % self.idle_timeout)
+                return
+        self.idle_handle = self.loop.call_later(self.idle_timeout / 4, self._idle_check)
+
+    def close_both(self, code: int, reason: str) -> None:
+        """Proxy-initiated close of both legs (shutdown, idle timeout)."""
+        self._first_close(PROXY, code, reason)
+        sent_client = self._close_client(code, reason)
+        sent_member = self._close_member(code, reason)
+        if not self.track or not sent_client:
+            self._shut(self.client)
+        if not self.track or not sent_member:
+            self._shut(self.member)
+        # Otherwise each peer answers our Close and the legs shut as handshakes complete;
+        # the linger bounds the wait.
+        self.linger_handles.append(self.loop.call_later(LINGER * 2, self._force_close))
+
+    def _force_close(self) -> None:
+        for ep in (self.client, self.member):
+            if ep not in self.gone:
+                ep.abort()
+
+    def shutdown(self) -> None:
+        self.close_both(1001, "proxy shutting down")

@@ -1,0 +1,297 @@
+"""ClientSession: one client connection's life, from accept to close.
+
+It reads requests in order (pipelined ones wait their turn), enforces the head limits and
+timeouts, routes each request, and hands it to an HTTP exchange or, for a WebSocket
+upgrade, to the WebSocket handler, which ends the session with the relay. It is the only
+place that knows the order of these steps; the steps live in their own modules.
+
+Timers, like HAProxy's ``timeout http-request`` / ``http-keep-alive``:
+- first request: a client that sends nothing for ``head_timeout`` is closed silently (a
+  browser pre-connect is not an error); one that sent part of a head gets 408;
+- later requests: ``keepalive_timeout`` of silence closes quietly; once a head has begun,
+  it must complete within ``head_timeout`` (slowloris) or the client gets 408.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+
+from wsproxy.errors import HttpError
+from wsproxy.logs import access, event
+from wsproxy.protocol import http1
+from wsproxy.protocol.handshake import is_websocket_request
+from wsproxy.proxy.http_exchange import HttpExchange
+from wsproxy.proxy.websocket import WebSocketExchange
+
+_QUEUE = "queue"  # pause reason: parsed events wait for the session
+_UPSTREAM = "upstream"  # pause reason: the member reads the request body slowly
+_RAW_LIMIT = 256 * 1024  # bytes held after an upgrade head, before the relay starts
+
+
+class ParseFailure:
+    """A queued event: the request stream broke here (answered after earlier requests)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: HttpError) -> None:
+        self.error = error
+
+
+class ClientSession:
+    def __init__(self, ctx, endpoint) -> None:
+        self.ctx = ctx
+        self.cfg = ctx.config
+        self.ep = endpoint
+        self.loop = asyncio.get_running_loop()
+        self.parser = http1.RequestParser(
+            max_head_bytes=self.cfg.max_head_bytes,
+            max_headers=self.cfg.max_headers,
+            max_uri_bytes=self.cfg.max_uri_bytes,
+        )
+        self.queue: deque = deque()
+        self.body_sink = None  # the exchange that takes Body/EndOfMessage of the current request
+        self.upgraded = False  # the parser is done; raw bytes go to `raw`
+        self.raw = bytearray()
+        self.waiter: asyncio.Future | None = None
+        self.eof = False
+        self.lost = False
+        self.head_started: float | None = None
+        self.accepted_at = self.loop.time()
+        self.requests = 0
+        self.busy = False  # an exchange or relay is running
+        self.handler = None  # current exchange or relay (gets pause/resume/lost callbacks)
+        self.client_ip = endpoint.peer[0]
+        self.task: asyncio.Task | None = None
+
+    # -- sink for the client endpoint (HTTP phase) --------------------------------------
+    def on_data(self, ep, data: bytes) -> None:
+        if self.upgraded:
+            self.raw += data
+            if len(self.raw) > _RAW_LIMIT:
+                ep.pause_reading(_QUEUE)
+            return
+        try:
+            events = self.parser.feed(data)
+        except HttpError as exc:
+            self.queue.append(ParseFailure(exc))
+            events = ()
+            ep.pause_reading(_QUEUE)
+        for ev in events:
+            self._dispatch(ev)
+        if self.head_started is None and self.parser.in_head:
+            self.head_started = self.loop.time()
+        if self.queue:
+            ep.pause_reading(_QUEUE)
+        self._wake()
+
+    def _dispatch(self, ev) -> None:
+        if isinstance(ev, http1.RequestHead):
+            self.head_started = None
+        elif isinstance(ev, http1.Upgrade):
+            self.upgraded = True
+        if self.body_sink is not None and not self.queue and isinstance(ev, (http1.Body, http1.EndOfMessage)):
+            sink = self.body_sink
+            if isinstance(ev, http1.EndOfMessage):
+                self.body_sink = None
+            sink.client_event(ev)
+            return
+        self.queue.append(ev)
+
+    def on_eof(self, ep) -> bool:
+        self.eof = True
+        if self.handler is not None:
+            self.handler.client_eof()
+        self._wake()
+        return True  # keep the write side open: a response may still be on its way
+
+    def on_lost(self, ep, exc) -> None:
+        self.lost = True
+        self.eof = True
+        if self.handler is not None:
+            self.handler.client_lost(exc)
+        self._wake()
+
+    def on_pause_writing(self, ep) -> None:
+        if self.handler is not None:
+            self.handler.client_pause_writing()
+
+    def on_resume_writing(self, ep) -> None:
+        if self.handler is not None:
+            self.handler.client_resume_writing()
+
+    def _wake(self) -> None:
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    # -- what exchanges and the WebSocket handler call -----------------------------------
+    def attach_body(self, sink) -> None:
+        """Route the current request's body to ``sink`` (queued parts first)."""
+        while self.queue and isinstance(self.queue[0], (http1.Body, http1.EndOfMessage)):
+            ev = self.queue.popleft()
+            sink.client_event(ev)
+            if isinstance(ev, http1.EndOfMessage):
+                self._maybe_resume()
+                return
+        self.body_sink = sink
+        self._maybe_resume()
+
+    def take_raw(self) -> bytes:
+        """After an upgrade: the bytes the client sent after its head (pipelined frames)."""
+        data = b""
+        if self.queue and isinstance(self.queue[0], http1.Upgrade):
+            data = bytes(self.queue.popleft().leftover)
+        data += bytes(self.raw)
+        self.raw.clear()
+        return data
+
+    def _maybe_resume(self) -> None:
+        if not self.queue:
+            self.ep.resume_reading(_QUEUE)
+
+    async def wait_wake(self, timeout_at: float | None = None) -> None:
+        """Wait until the endpoint delivers something (data, EOF, loss) or ``timeout_at``."""
+        self.waiter = self.loop.create_future()
+        try:
+            if timeout_at is None:
+                await self.waiter
+            else:
+                async with asyncio.timeout_at(timeout_at):
+                    await self.waiter
+        finally:
+            self.waiter = None
+
+    # -- the session ---------------------------------------------------------------------
+    def start(self) -> None:
+        self.ctx.state.sessions.add(self)
+        self.task = self.loop.create_task(self.run())
+
+    async def run(self) -> None:
+        try:
+            while not self.lost:
+                head = await self._read_head()
+                if head is None:
+                    break
+                self.requests += 1
+                self.busy = True
+                try:
+                    keep_alive = await self._handle(head)
+                finally:
+                    self.busy = False
+                    self.handler = None
+                if not keep_alive or self.ctx.state.draining:
+                    break
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            logging.getLogger("wsproxy").exception("session failed: client %s", self.ep.address)
+        finally:
+            self.ep.close()
+            self.ctx.state.sessions.discard(self)
+
+    async def _read_head(self):
+        """Wait for the next request head, applying the head and keep-alive timers."""
+        idle_deadline = self.loop.time() + self.cfg.keepalive_timeout
+        while True:
+            if self.queue:
+                ev = self.queue.popleft()
+                self._maybe_resume()
+            else:
+                if self.eof:
+                    if self.parser.in_head:
+                        event(logging.INFO, "client closed mid-head", client=self.ep.address)
+                    return None
+                if self.head_started is not None:
+                    deadline = self.head_started + self.cfg.head_timeout
+                elif self.requests == 0:
+                    deadline = self.accepted_at + self.cfg.head_timeout
+                else:
+                    deadline = idle_deadline
+                try:
+                    await self.wait_wake(deadline)
+                except TimeoutError:
+                    if self.head_started is not None or self.parser.in_head:
+                        self.fail(408, "request head not complete within %gs" % self.cfg.head_timeout)
+                    return None
+                continue
+            if isinstance(ev, http1.RequestHead):
+                return ev
+            if isinstance(ev, ParseFailure):
+                self.fail(ev.error.status, ev.error.reason)
+                return None
+            # A stray Body/EndOfMessage can only follow a request we already answered
+            # without reading its body (e.g. a 404 with Connection: close): skip it.
+
+    async def _handle(self, head) -> bool:
+        started = time.monotonic()
+        route = self.ctx.router.match(head.get("host"), head.path)
+        if route is None:
+            self.fail(404, "no route matches host %r path %r" % (head.get("host"), head.path), head=head, started=started)
+            return False
+        pool = self.ctx.pools[route.pool]
+        if head.is_upgrade and is_websocket_request(head):
+            handler = WebSocketExchange(self, head, route, pool, started)
+            self.handler = handler
+            await handler.run()
+            return False
+        if head.is_upgrade:
+            # An upgrade we do not proxy (h2c, ...): answer as plain HTTP would be unsafe,
+            # since the parser stopped at the head. Refuse clearly.
+            self.fail(501, "upgrade to %r is not supported" % head.get("upgrade"), head=head, started=started)
+            return False
+        exchange = HttpExchange(self, head, route, pool, started)
+        self.handler = exchange
+        return await exchange.run()
+
+    def fail(self, status: int, reason: str, *, head=None, route=None, pool=None, member=None,
+             started=None, extra_headers=()) -> None:
+        """Answer with a short error and close (after the write is flushed)."""
+        body = http1.simple_response(status, reason_body(status, reason), extra_headers=extra_headers, close=True)
+        if not self.ep.closed:
+            self.ep.write(body)
+        level = logging.WARNING if status >= 500 else logging.INFO
+        event(level, "request failed", client=self.ep.address, status=status, reason=reason)
+        self.log_http(head, status, route=route, pool=pool, member=member, reason=reason,
+                      bytes_out=len(body), started=started)
+        self.eof = True
+        self.ep.close()
+
+    def log_http(self, head, status, *, route=None, pool=None, member=None, reason=None,
+                 bytes_in=0, bytes_out=0, started=None) -> None:
+        access({
+            "kind": "http",
+            "client": self.ep.address,
+            "listener": self.cfg.name,
+            "route": route.label if route is not None else None,
+            "pool": pool,
+            "member": member,
+            "method": head.method if head is not None else None,
+            "path": head.target if head is not None else None,
+            "status": status,
+            "bytes_in": bytes_in,
+            "bytes_out": bytes_out,
+            "duration_ms": round((time.monotonic() - started) * 1000, 1) if started else 0,
+            "reason": reason,
+        })
+
+    # -- shutdown ------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        """Draining: idle sessions close now; busy ones finish their request first."""
+        if self.handler is not None and hasattr(self.handler, "shutdown"):
+            self.handler.shutdown()
+        elif not self.busy:
+            self.eof = True
+            self._wake()
+
+
+def reason_body(status: int, reason: str) -> str:
+    from http import HTTPStatus
+
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    return f"{status} {phrase}: {reason}\n"

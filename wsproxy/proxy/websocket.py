@@ -1,0 +1,122 @@
+"""WebSocketExchange: the upgrade handshake forwarded to a member, then the relay.
+
+The client's handshake is validated here (RFC 6455 §4.2.1), the member's 101 is checked
+(Sec-WebSocket-Accept must match the key the client sent), and bytes either side sent
+right after its head are kept and handed to the relay, never lost. A member that answers
+anything but 101 has its response relayed as the plain HTTP response it is.
+"""
+
+from __future__ import annotations
+
+import time
+
+from wsproxy.errors import HandshakeError
+from wsproxy.logs import access
+from wsproxy.protocol import http1
+from wsproxy.protocol.handshake import (check_server_accept, negotiated_rsv, origin_allowed,
+                                        validate_client_handshake)
+from wsproxy.protocol.forwarding import strip_hop_by_hop
+from wsproxy.proxy.http_exchange import HttpExchange, request_headers_for_member
+from wsproxy.proxy.relay import WsRelay
+
+
+class WebSocketExchange(HttpExchange):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.switched = False
+        self.member_leftover = bytearray()
+        self.keep_alive = False  # the client's parser stopped at the upgrade head
+
+    def member_headers(self) -> list[tuple[str, str]]:
+        return request_headers_for_member(self.session, self.head, upgrade=True)
+
+    async def run(self) -> bool:
+        head, route = self.head, self.route
+        try:
+            validate_client_handshake(head)
+        except HandshakeError as exc:
+            self.session.fail(exc.status, exc.reason, head=head, route=route, pool=self.pool.name,
+                              started=self.started, extra_headers=exc.headers)
+            return False
+        if route.allowed_origins and not origin_allowed(head.get("origin"), route.allowed_origins):
+            self._fail(403, "origin %r is not allowed on %s" % (head.get("origin"), route.label))
+            return False
+        if not await self.forward_request():
+            return False
+        rh = self.response_head
+        if rh.status != 101:
+            return await self.stream_response()
+        try:
+            check_server_accept(head.get("sec-websocket-key"), rh)
+        except HandshakeError as exc:
+            self._finish_upstream(reusable=False)
+            self._fail(502, "member %s: %s" % (self.member_addr, exc.reason))
+            return False
+        await self._relay(rh)
+        return False
+
+    async def _relay(self, rh) -> None:
+        headers = strip_hop_by_hop(rh.headers)
+        headers += [("Upgrade", "websocket"), ("Connection", "Upgrade")]
+        self._to_client(http1.serialize_response_head(101, rh.reason or "Switching Protocols", headers))
+        cfg = self.pool.config
+        route = self.route
+        relay = WsRelay(
+            self.client,
+            self.up.endpoint,
+            mode=route.relay or cfg.relay,
+            rsv=negotiated_rsv(rh),
+            idle_timeout=route.ws_idle_timeout if route.ws_idle_timeout is not None else cfg.ws_idle_timeout,
+        )
+        self.session.handler = relay
+        relay.start(self.session.take_raw(), bytes(self.member_leftover))
+        self.member_leftover.clear()
+        try:
+            await relay.done
+        finally:
+            self.pool.release(self.up.member)
+            self.up = None
+            self._log_ws(relay)
+
+    def _log_ws(self, relay: WsRelay) -> None:
+        access({
+            "kind": "ws",
+            "client": self.client.address,
+            "listener": self.session.cfg.name,
+            "route": self.route.label,
+            "pool": self.pool.name,
+            "member": self.member_addr,
+            "method": self.head.method,
+            "path": self.head.target,
+            "status": 101,
+            "bytes_in": relay.bytes_in,
+            "bytes_out": relay.bytes_out + self.bytes_out,
+            "frames_in": relay.c2u.frames if relay.c2u is not None else None,
+            "frames_out": relay.u2c.frames if relay.u2c is not None else None,
+            "duration_ms": round((time.monotonic() - self.started) * 1000, 1),
+            "close_code": relay.close_code,
+            "closed_by": relay.closed_by,
+            "reason": relay.reason,
+        })
+
+    # -- member side during the handshake --------------------------------------------
+    def _switching(self, rh) -> None:
+        self.response_head = rh
+        self.status = 101
+        self.switched = True
+        if not self.head_future.done():
+            self.head_future.set_result(rh)
+
+    def _upgraded(self, leftover: bytes) -> None:
+        self.member_leftover += leftover
+
+    def on_data(self, ep, data: bytes) -> None:
+        if self.switched:  # frames sent right after the 101, before the relay starts
+            self.member_leftover += data
+            return
+        super().on_data(ep, data)
+
+    def on_eof(self, ep) -> bool:
+        if self.switched:
+            return False  # the relay notices the closed endpoint when it starts
+        return super().on_eof(ep)
