@@ -105,11 +105,14 @@ class App:
 
 
 async def serve(config, *, extra_startup=None) -> None:
-    """Run ``config`` until SIGTERM/SIGINT, then drain within ``server.grace``."""
+    """Run ``config`` until SIGTERM/SIGINT, then drain within ``server.grace``.
+
+    ``extra_startup`` (the demo's members) runs once the listeners are up; it may return
+    an async cleanup function, awaited after the proxy has stopped.
+    """
     app = App(config)
     await app.start()
-    if extra_startup is not None:
-        await extra_startup()
+    cleanup = await extra_startup() if extra_startup is not None else None
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -120,6 +123,8 @@ async def serve(config, *, extra_startup=None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(sig)
     await app.stop(config.server.grace)
+    if cleanup is not None:
+        await cleanup()
     event(logging.INFO, "stopped")
 
 

@@ -100,17 +100,18 @@ def demo(port, backend_ports, host) -> None:
     """Start two demo backends and the proxy in front of them; print the URL."""
     from wsproxy import app
     from wsproxy.config import parse_config
-    from wsproxy.demo import demo_config, start_backends
+    from wsproxy.demo import demo_config, start_backends, stop_backends
 
     ports = [int(p) for p in backend_ports.split(",")]
     config = parse_config(demo_config(port, ports, host=host), source="<demo>")
 
-    async def backends() -> None:
-        await start_backends(host, ports)
+    async def backends():
+        servers = await start_backends(host, ports)
         click.echo("")
         click.echo(f"  wsproxy demo: open http://{host}:{port}/  (chat over a WebSocket)")
         click.echo(f"  members: {', '.join(f'{host}:{p}' for p in ports)}  (balance: least_conn)")
         click.echo("  Ctrl-C stops it.")
         click.echo("")
+        return lambda: stop_backends(servers)
 
     app.run(config, extra_startup=backends)

@@ -230,7 +230,10 @@ def wait_fuzzers(procs: Procs, runs, timeout: float, watch=None):
 
 def load_index(path: Path) -> tuple[str, dict]:
     """Return (agent, {case_id: entry}) from a wstest index.json (one agent)."""
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise HarnessError(f"cannot read wstest report {path}: {e}") from None
     if len(data) != 1:
         raise HarnessError(f"{path}: expected one agent, found {sorted(data)}")
     agent, cases = next(iter(data.items()))
@@ -320,6 +323,23 @@ def format_table(rows, direct_dir: Path | None = None, proxy_dir: Path | None = 
 
 def _oneline(s) -> str:
     return " ".join(str(s).split())
+
+
+def proxy_log_note(log: Path) -> str:
+    """Errors and tracebacks in the proxy's log are worth a look even when cases agree."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return ""
+    lines = text.splitlines()
+    errors = [ln for ln in lines if '"level":"error"' in ln.replace(" ", "")
+              or '"level":"critical"' in ln.replace(" ", "")]
+    tracebacks = text.count("Traceback (most recent call last)")
+    if not errors and not tracebacks:
+        return ""
+    first = (errors or [ln for ln in lines if "Traceback" in ln])[0]
+    return (f"conformance: note: wsproxy logged {len(errors)} error lines and {tracebacks} "
+            f"tracebacks ({log}); first: {first[:300]}")
 
 
 def counts(cases: dict) -> dict:
@@ -501,6 +521,9 @@ def run(args) -> int:
     }, indent=2))
     if table:
         print(table)
+    note = proxy_log_note(out / "logs" / "wsproxy.log")
+    if note:
+        print(note)
     print(f"conformance: timings {timings}; reports in {out / 'reports'}")
     print(summary)
     return EXIT_DIFF if rows else EXIT_OK

@@ -381,3 +381,134 @@ def test_round_robin_dead_member_is_retried_on_healthy_one(members, proxy):
     for i in range(12):
         status, headers, body = get(p.port, f"/n{i}")
         assert (status, body) == (200, f"ok GET /n{i}".encode()), i
+
+
+def test_round_robin_alternates(members, proxy):
+    a, b = members.http("a"), members.http("b")
+    p = proxy(site_conf({"web": {"balance": "round_robin", "members": [a.addr, b.addr]}}))
+    names = [get(p.port, "/")[2].decode() for _ in range(10)]
+    assert sorted(names) == ["a"] * 5 + ["b"] * 5, names
+    assert all(x != y for x, y in zip(names, names[1:])), names
+
+
+def test_post_retried_when_first_member_refuses(members, proxy):
+    ok = members.http("ok")
+    p = proxy(site_conf({"web": {"balance": "round_robin",
+                                 "members": [f"{HOST}:{closed_port()}", ok.addr]}}))
+    for i in range(4):
+        body = os.urandom(5000)
+        head = f"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        r = full_duplex_request(p.port, head, [body])
+        assert (r.status, r.body) == (200, body), i
+
+
+def test_head_request_then_get_on_same_connection(web):
+    p, _ = web
+    with connect(p.port) as s:
+        s.sendall(b"HEAD /bytes/1000 HTTP/1.1\r\nHost: t\r\n\r\n"
+                  b"GET /bytes/3 HTTP/1.1\r\nHost: t\r\n\r\n")
+        with s.makefile("rb") as f:
+            r1 = read_response(f, head_request=True)
+            r2 = read_response(f)
+    assert r1.status == 200 and r1.header("Content-Length") == "1000"
+    assert (r2.status, r2.body) == (200, b"abc")
+
+
+def test_expect_100_continue(web):
+    p, _ = web
+    body = os.urandom(200_000)
+    with connect(p.port) as s:
+        s.sendall(f"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {len(body)}\r\n"
+                  f"Expect: 100-continue\r\n\r\n".encode())
+        f = s.makefile("rb")
+        s.settimeout(2)
+        interim = None
+        try:
+            interim = read_response(f)  # a 100 Continue, or nothing within 2 s (like curl)
+        except (socket.timeout, TimeoutError):
+            pass
+        s.settimeout(10)
+        if interim is not None:
+            assert interim.status == 100, interim
+        # a fresh reader: a timed-out BufferedReader must not be reused
+        s.sendall(body)
+        r = read_response(s.makefile("rb") if interim is None else f)
+    assert r.status == 200
+    assert r.body == body
+
+
+def test_http10_request(web):
+    """An HTTP/1.0 request without Host (legal in 1.0). Forwarded upstream as HTTP/1.1, it
+    must carry a Host header (RFC 9112 3.2), or a strict member rejects it with 400."""
+    p, _ = web
+    with connect(p.port) as s:
+        s.sendall(b"GET /bytes/4 HTTP/1.0\r\n\r\n")
+        data = read_until_closed_sock(s)
+    assert data.startswith(b"HTTP/1.") and b" 200 " in data.split(b"\r\n", 1)[0]
+    assert data.endswith(b"\r\n\r\nabcd")
+
+
+def read_until_closed_sock(s):
+    s.settimeout(5)
+    out = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            return out
+        out += chunk
+
+
+@pytest.mark.parametrize("framing", [
+    b"Content-Length: 5\r\nContent-Length: 6\r\n",
+    b"Content-Length: 5, 6\r\n",
+    b"Transfer-Encoding: chunked, identity\r\n",
+    b"Transfer-Encoding: xchunked\r\n",
+    b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n",
+], ids=["dup-cl", "cl-list", "te-not-final-chunked", "te-xchunked", "te-te-cl"])
+def test_ambiguous_framing_400_member_never_sees_it(web, framing):
+    p, m = web
+    tag = f"smuggle{abs(hash(framing))}"
+    r = raw_request(p.port, b"POST /echo?tag=" + tag.encode() + b" HTTP/1.1\r\nHost: t\r\n" + framing
+                    + b"\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert r.status == 400
+    time.sleep(0.2)
+    targets = [t for _, t in member_seen(m)]
+    assert not any(tag in t or "smuggled" in t for t in targets), targets
+
+
+def test_keepalive_timeout_closes_idle_client(members, proxy):
+    a = members.http("a")
+    p = proxy(site_conf({"web": [a.addr]}, listener={"keepalive_timeout": "1s"}))
+    with connect(p.port) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        f = s.makefile("rb")
+        assert read_response(f).status == 200
+        t0 = time.monotonic()
+        s.settimeout(10)
+        assert f.read(1) == b"", "the proxy sent more bytes on an idle connection"
+        elapsed = time.monotonic() - t0
+    assert 0.5 <= elapsed <= 5, elapsed
+
+
+def test_member_killed_mid_response_client_sees_truncation(members, proxy):
+    a = members.http("a")
+    p = proxy(site_conf({"web": [a.addr]}))
+    size = 64 * MiB
+    with connect(p.port, timeout=10) as s:
+        s.sendall(f"GET /bytes/{size} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        f = s.makefile("rb")
+        line = f.readline()
+        assert b" 200 " in line
+        while f.readline() not in (b"\r\n", b""):
+            pass
+        got = len(f.read(65536))
+        a.kill()
+        t0 = time.monotonic()
+        while True:
+            chunk = f.read1(1 << 20)
+            if not chunk:
+                break
+            got += len(chunk)
+        assert time.monotonic() - t0 < 10
+    # the body was cut: the client must not be led to believe it got a complete response
+    assert got < size, "the whole body arrived although the member was killed"

@@ -21,13 +21,14 @@ import asyncio
 
 
 class Endpoint(asyncio.Protocol):
-    __slots__ = ("transport", "sink", "peer", "closed", "lost", "_pause_reasons")
+    __slots__ = ("transport", "sink", "peer", "closed", "lingering", "lost", "_pause_reasons")
 
     def __init__(self, sink=None) -> None:
         self.transport: asyncio.Transport | None = None
         self.sink = sink
         self.peer: tuple[str, int] | None = None
         self.closed = False  # close()/abort() called or connection lost
+        self.lingering = False  # linger_close() called: close() waits for the peer
         self.lost: asyncio.Future | None = None
         self._pause_reasons: set[str] = set()
 
@@ -86,9 +87,25 @@ class Endpoint(asyncio.Protocol):
 
     def close(self) -> None:
         """Close after the write buffer is flushed."""
-        if not self.closed:
+        if not self.closed and not self.lingering:
             self.closed = True
             self.transport.close()
+
+    def linger_close(self, timeout: float = 2.0) -> None:
+        """Close politely after an error answer: FIN now, discard what the peer still sends,
+        close when it closes (or after ``timeout``). Closing with unread data would make the
+        kernel send a reset, which can destroy the answer before the client reads it."""
+        if self.closed or self.lingering:
+            return
+        transport = self.transport
+        if not transport.can_write_eof():
+            self.close()
+            return
+        self.lingering = True
+        self.sink = LINGER
+        self.resume_all_reading()
+        transport.write_eof()
+        asyncio.get_running_loop().call_later(timeout, self.abort)
 
     def abort(self) -> None:
         """Close now, dropping anything unsent (a reset)."""
@@ -120,4 +137,17 @@ class Discard:
         pass
 
 
+class Linger(Discard):
+    """The sink of a connection being closed politely: drop input, close on EOF."""
+
+    def on_data(self, ep: Endpoint, data) -> None:
+        pass
+
+    def on_eof(self, ep: Endpoint) -> bool:
+        ep.lingering = False
+        ep.close()
+        return False
+
+
 DISCARD = Discard()
+LINGER = Linger()

@@ -41,6 +41,9 @@ def request_headers_for_member(session, head, *, upgrade: bool = False) -> list[
     """The client's headers, hop-by-hop removed, X-Forwarded-*/Forwarded added."""
     ctx = session.ctx
     headers = strip_hop_by_hop(head.headers)
+    if head.get("host") is None:
+        # HTTP/1.0 allows no Host, but we forward as HTTP/1.1, which requires one (RFC 9112 §3.2).
+        headers.insert(0, ("Host", str(session.ctx.config.bind)))
     headers = forwarded_headers(
         headers,
         client_ip=session.client_ip,
@@ -70,6 +73,7 @@ class HttpExchange:
         self.head_future: asyncio.Future | None = None
         self.done_future: asyncio.Future | None = None
         self.got_response_bytes = False
+        self.interim = False
         self.response_head = None
         self.status: int | None = None
         self.to_client = "length"  # "length" | "chunked" | "close" | "none"
@@ -261,9 +265,13 @@ class HttpExchange:
                     self._switching(ev)
                 elif ev.status < 200:  # 100 Continue, 103 Early Hints: relay, keep waiting
                     self._to_client(http1.serialize_response_head(ev.status, ev.reason, ev.headers))
+                    self.interim = True  # its EndOfMessage ends the 1xx, not the response
                 else:
                     self._response_head(ev)
             elif isinstance(ev, http1.EndOfMessage):
+                if self.interim:
+                    self.interim = False
+                    continue
                 if self.to_client == "chunked":
                     self._to_client(http1.LAST_CHUNK)
                 if not self.done_future.done():

@@ -257,7 +257,7 @@ class ClientSession:
         self.log_http(head, status, route=route, pool=pool, member=member, reason=reason,
                       bytes_out=len(body), started=started)
         self.eof = True
-        self.ep.close()
+        self.ep.linger_close()
 
     def log_http(self, head, status, *, route=None, pool=None, member=None, reason=None,
                  bytes_in=0, bytes_out=0, started=None) -> None:

@@ -7,7 +7,8 @@
 - WebSocket /flood?mb=N[&chunk=K]: send N MiB of binary messages of K KiB (default 64)
   as fast as the connection accepts them (backpressure applies), then a text "done";
   afterwards echo like any other path;
-- WebSocket /whoami: sends its name as the first message, then echoes.
+- WebSocket /whoami: sends its name as the first message, then echoes;
+- WebSocket /close?code=C&reason=R: closes with that code after the first message.
 
 When a WebSocket connection ends, one JSON line is appended to --record (if given):
   {"name", "path", "rcvd_code" (Close code received, null if none), "sent_code",
@@ -65,6 +66,14 @@ async def amain(args) -> None:
         try:
             if parts.path == "/whoami":
                 await ws.send(name)
+            elif parts.path == "/close":
+                # close with the given code after the first message
+                code = int(query.get("code", ["1000"])[0])
+                reason = query.get("reason", [""])[0]
+                await ws.recv()
+                stats["messages"] += 1
+                await ws.close(code, reason)
+                return
             elif parts.path == "/flood":
                 mb = float(query.get("mb", ["10"])[0])
                 chunk = int(float(query.get("chunk", ["64"])[0]) * 1024)
