@@ -67,6 +67,17 @@ cdef class FrameTracker:
         """Total bytes passed to ``feed``."""
         return self._bytes_in
 
+    @property
+    def frame_start(self):
+        """Stream offset where the frame being read began (``bytes_in`` at a boundary).
+
+        After a FrameError it is where the offending frame began, so a relay can still
+        forward the valid frames that came before it in the same chunk.
+        """
+        if self._state == HEAD0:
+            return self._bytes_in
+        return self._frame_start
+
     def feed(self, data):
         """Advance over ``data`` (any chunking); raise ``FrameError`` on a violation."""
         cdef Py_buffer view
@@ -95,6 +106,7 @@ cdef class FrameTracker:
                 if self._remaining == 0:
                     self._end_frame()
             elif self._state == HEAD0:
+                self._frame_start = self._bytes_in - <uint64_t>size + <uint64_t>pos
                 self._first_byte(data[pos])
                 pos += 1
             elif self._state == HEAD1:

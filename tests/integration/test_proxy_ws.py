@@ -313,6 +313,52 @@ def test_slow_reader_proxy_memory_bounded(ws_site):
     assert growth_mb < 50, f"proxy RSS grew by {growth_mb:.1f} MB while 200 MiB went through"
 
 
+def test_fast_sender_slow_member_proxy_memory_bounded(ws_site):
+    """The client pushes 200 MiB to a member that reads nothing for 2 s: the proxy must stop
+    reading from the client (RSS grows < 50 MB) and deliver every byte afterwards."""
+    p, m = ws_site
+    total, chunk = 200 * MiB, 64 * 1024
+    run(_echo_sizes(f"{p.ws_url}/warmup", [MiB]))
+    time.sleep(0.3)
+    baseline = p.rss_kb()
+    peak = [baseline]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], p.rss_kb())
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    block = os.urandom(chunk)
+
+    async def main():
+        async with ws_connect(f"{p.ws_url}/slowread?seconds=2", compression=None,
+                              write_limit=chunk) as ws:
+            t0 = time.monotonic()
+            sent = 0
+            sent_in_first_2s = None
+            while sent < total:
+                await ws.send(block)
+                sent += chunk
+                if sent_in_first_2s is None and time.monotonic() - t0 >= 1.5:
+                    sent_in_first_2s = sent
+            await ws.send("end")
+            answer = await asyncio.wait_for(ws.recv(), 60)
+            return int(answer), sent_in_first_2s
+
+    try:
+        count, early = run(main(), timeout=90)
+    finally:
+        stop.set()
+        sampler.join(2)
+    assert count == total
+    assert early is not None and early < total / 2, "the sender was never held back"
+    growth_mb = (peak[0] - baseline) / 1024
+    assert growth_mb < 50, f"proxy RSS grew by {growth_mb:.1f} MB while 200 MiB went through"
+
+
 # ----------------------------------------------------------------------------- shutdown
 
 def test_sigterm_closes_websockets_1001_and_exits_0(ws_site):

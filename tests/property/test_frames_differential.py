@@ -121,7 +121,8 @@ def outcome(tracker, chunk: bytes) -> tuple:
         error = None
     except FrameError as exc:
         error = (exc.close_code, exc.reason)
-    return error, tracker.frames, tracker.messages, tracker.close_code, tracker.at_boundary, tracker.bytes_in
+    return (error, tracker.frames, tracker.messages, tracker.close_code, tracker.at_boundary, tracker.bytes_in,
+            tracker.frame_start)
 
 
 @settings(max_examples=600, deadline=None)

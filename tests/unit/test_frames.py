@@ -147,7 +147,7 @@ def test_initial_state(impl):
     assert state(tracker) == (0, 0, -1, True, 0)
 
 
-@pytest.mark.parametrize("name", ["frames", "messages", "at_boundary", "close_code", "bytes_in"])
+@pytest.mark.parametrize("name", ["frames", "messages", "at_boundary", "close_code", "bytes_in", "frame_start"])
 def test_attributes_are_read_only(impl, name):
     tracker = impl.FrameTracker(False)
     with pytest.raises(AttributeError):
@@ -335,3 +335,28 @@ def test_parse_close_payload_errors(payload, code):
     with pytest.raises(FrameError) as caught:
         parse_close_payload(payload)
     assert caught.value.close_code == code
+
+
+def test_frame_start_marks_where_the_bad_frame_began(impl):
+    """A relay forwards the valid frames that precede a violation in the same chunk."""
+    good = build_frame(OP_TEXT, b"hello", mask=True) + build_frame(OP_PING, b"", mask=True)
+    bad = bytes([0x83, 0x80]) + b"\x00\x00\x00\x00"  # reserved opcode 3
+    tracker = impl.FrameTracker(True)
+    tracker.feed(b"\x81")  # a partial frame from an earlier read
+    assert tracker.frame_start == 0 and not tracker.at_boundary
+    tracker = impl.FrameTracker(True)
+    with pytest.raises(FrameError) as info:
+        tracker.feed(good + bad + good)
+    assert info.value.close_code == 1002
+    assert tracker.frame_start == len(good)
+    assert tracker.frames == 2
+
+
+def test_frame_start_is_bytes_in_at_a_boundary(impl):
+    tracker = impl.FrameTracker(False)
+    frame = build_frame(OP_BINARY, b"x" * 300, mask=False)
+    for i in range(len(frame)):
+        tracker.feed(frame[i : i + 1])
+        if i < len(frame) - 1:
+            assert tracker.frame_start == 0
+    assert tracker.at_boundary and tracker.frame_start == tracker.bytes_in == len(frame)

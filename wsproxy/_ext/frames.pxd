@@ -56,6 +56,7 @@ cdef class FrameTracker:
         uint64_t _messages
         int32_t _close_code          # -1 until a complete Close; 1005 for an empty one
         uint64_t _bytes_in
+        uint64_t _frame_start        # stream offset of the frame being read (or that failed)
 
         # the error that killed the tracker, raised again by every later feed
         int _error_code

@@ -32,3 +32,6 @@ class FrameTracker:
     @property
     def bytes_in(self) -> int:
         """Total bytes passed to ``feed``."""
+    @property
+    def frame_start(self) -> int:
+        """Stream offset where the frame being read (or the one that failed) began."""

@@ -102,7 +102,7 @@ class _FrameParser:
         "_masked", "_rsv_allowed", "_max_frame_size", "_state",
         "_fin", "_opcode", "_rsv", "_has_mask", "_need", "_length", "_remaining",
         "_collect", "_key", "_payload", "_fragmented",
-        "_frames", "_messages", "_close_code", "_bytes_in", "_error", "_out",
+        "_frames", "_messages", "_close_code", "_bytes_in", "_frame_start", "_error", "_out",
     )  # fmt: skip
 
     _collect_all = False  # class constant: the reader keeps every payload
@@ -133,6 +133,7 @@ class _FrameParser:
         self._messages = 0
         self._close_code = -1
         self._bytes_in = 0
+        self._frame_start = 0
         self._error: tuple[int, str] | None = None
         self._out: list[Frame] = []
 
@@ -162,6 +163,17 @@ class _FrameParser:
         """Total bytes passed to ``feed``."""
         return self._bytes_in
 
+    @property
+    def frame_start(self) -> int:
+        """Stream offset where the frame being read began (``bytes_in`` at a boundary).
+
+        After a FrameError it is where the offending frame began, so a relay can still
+        forward the valid frames that came before it in the same chunk.
+        """
+        if self._state == _HEAD0:
+            return self._bytes_in
+        return self._frame_start
+
     def _feed(self, data: bytes | bytearray | memoryview) -> None:
         if isinstance(data, (bytes, bytearray)):
             self._consume(data)
@@ -187,6 +199,7 @@ class _FrameParser:
                 if not self._remaining:
                     self._end_frame()
             elif state == _HEAD0:
+                self._frame_start = self._bytes_in - end + pos
                 self._first_byte(data[pos])
                 pos += 1
             elif state == _HEAD1:

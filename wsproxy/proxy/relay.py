@@ -13,7 +13,9 @@ sent that way. The proxy injects a Close of its own only at a frame boundary:
 - the client disappears without a Close           -> masked Close 1001 to the member;
 - shutdown / drain                                 -> Close 1001 to both;
 - the ws idle timeout                              -> Close 1001 to both;
-- a protocol violation on either side             -> the violation's code (1002, 1007, 1009) to both.
+- a protocol violation on either side             -> the violation's code (1002, 1007, 1009):
+  the frames before the bad one are still delivered; a client's violation goes to the
+  member first, whose answer (and Close) reaches the client as from a direct server.
 A leg whose closing handshake is done (or whose peer is gone) is shut with a FIN, then
 closed when the peer closes too, or aborted after ``LINGER`` seconds: a lingering close,
 so a Close frame is never destroyed by a reset for unread data.
@@ -27,7 +29,7 @@ import logging
 from wsproxy import _speedups
 from wsproxy.errors import FrameError
 from wsproxy.logs import event
-from wsproxy.protocol.frames import build_close
+from wsproxy.protocol.frames import OP_CLOSE, FrameReader, build_close, build_frame
 
 LINGER = 2.0  # seconds a shut leg waits for its peer to close
 CLIENT = "client"
@@ -54,6 +56,10 @@ class WsRelay:
         self.member_sent_close = False
         self.closed_to_client = False  # a Close frame was written towards the client
         self.closed_to_member = False
+        self.c2u_broken = False  # a violation made the stream unreadable
+        self.answer = None  # (FrameReader, code, reason) while the member answers a violation
+        self.rsv = rsv
+        self.u2c_broken = False
         self.shut: set = set()  # endpoints we sent a FIN to
         self.ended: set = set()  # endpoints whose peer sent EOF or was lost
         self.gone: set = set()  # endpoints whose connection is lost
@@ -105,11 +111,12 @@ class WsRelay:
         self.activity = True
         tracker = self.c2u
         if tracker is not None:
-            at_boundary = tracker.at_boundary
+            if self.c2u_broken:
+                return  # unreadable after a violation: nothing more is forwarded
             try:
                 tracker.feed(data)
             except FrameError as exc:
-                self._violation(CLIENT, exc, at_boundary)
+                self._client_violation(exc, data)
                 return
             if not self.client_sent_close and tracker.close_code != -1:
                 self.client_sent_close = True
@@ -124,13 +131,17 @@ class WsRelay:
 
     def _from_member(self, data: bytes) -> None:
         self.activity = True
+        if self.answer is not None:
+            self._member_answer(data)
+            return
         tracker = self.u2c
         if tracker is not None:
-            at_boundary = tracker.at_boundary
+            if self.u2c_broken:
+                return
             try:
                 tracker.feed(data)
             except FrameError as exc:
-                self._violation(MEMBER, exc, at_boundary)
+                self._member_violation(exc, data)
                 return
             if not self.member_sent_close and tracker.close_code != -1:
                 self.member_sent_close = True
@@ -140,7 +151,7 @@ class WsRelay:
             self.client.write(data)
             if self.member_sent_close:
                 self.closed_to_client = True
-        if self.client_sent_close and self.closed_to_client:
+        if self.closed_to_client and (self.client_sent_close or self.c2u_broken):
             self._shut(self.client)
 
     # -- injected Close frames -------------------------------------------------------
@@ -220,20 +231,81 @@ class WsRelay:
                 self._close_member(1001, "client went away")
             self._shut(self.member)
 
-    def _violation(self, side: str, exc: FrameError, at_boundary: bool) -> None:
-        """A peer broke the protocol: Close with its code to both legs, then shut both."""
+    def _valid_prefix(self, tracker, data: bytes) -> int:
+        """Bytes of ``data`` before the frame that broke the protocol (-1: it began earlier,
+        in a chunk already forwarded, so the far side is mid-frame)."""
+        return tracker.frame_start - (tracker.bytes_in - len(data))
+
+    def _violation_seen(self, side: str, exc: FrameError) -> None:
         self._first_close(PROXY, exc.close_code, "%s protocol violation: %s" % (side, exc.reason))
         event(logging.INFO, "websocket protocol violation", side=side, code=exc.close_code,
               reason=exc.reason, client=self.client.address)
-        reason = exc.reason[:100]
-        if side == CLIENT:
-            self._close_member(exc.close_code, reason, at_boundary)
-            self._close_client(exc.close_code, reason)
+
+    def _client_violation(self, exc: FrameError, data: bytes) -> None:
+        """The client broke the protocol: what came before the bad frame still goes to the
+        member, then a Close with the violation's code. The member answers first, as a
+        server reached directly would: its replies to the valid messages and its Close reach
+        the client, then the client leg is shut. A silent member is cut after LINGER."""
+        self._violation_seen(CLIENT, exc)
+        self.c2u_broken = True
+        code, reason = exc.close_code, exc.reason[:100]
+        valid = self._valid_prefix(self.c2u, data)
+        if valid > 0 and not self.closed_to_member and self.member not in self.ended:
+            self.member.write(data[:valid])
+            self.bytes_in += valid
+            if self.c2u.close_code != -1 and not self.client_sent_close:  # a Close came first
+                self.client_sent_close = self.closed_to_member = True
+        sent = self._close_member(code, reason, at_boundary=valid >= 0)
+        self.closed_to_member = True
+        if sent and not self.closed_to_client and self.u2c.at_boundary:
+            self.answer = (FrameReader(masked=False, rsv_allowed=self.rsv), code, reason)
+            self.linger_handles.append(self.loop.call_later(LINGER, self._cut_after_violation, code, reason))
         else:
-            self._close_client(exc.close_code, reason, at_boundary)
-            self._close_member(exc.close_code, reason)
-        # Nothing more is forwarded either way: the stream that broke is unreadable.
-        self.closed_to_member = self.closed_to_client = True
+            self._cut_after_violation(code, reason)
+
+    def _member_answer(self, data: bytes) -> None:
+        """After a client's violation: the member's last frames (its replies to the valid
+        messages) pass; its Close is replaced by ours, with the violation's code."""
+        reader, code, reason = self.answer
+        try:
+            frames = reader.feed(data)
+        except FrameError:
+            frames = None
+        for frame in frames or ():
+            if frame.opcode == OP_CLOSE:
+                break
+            out = build_frame(frame.opcode, frame.payload, fin=frame.fin, mask=False, rsv=frame.rsv)
+            self.client.write(out)
+            self.bytes_out += len(out)
+        else:
+            if frames is not None:
+                return
+        self.answer = None
+        self._cut_after_violation(code, reason)
+
+    def _member_violation(self, exc: FrameError, data: bytes) -> None:
+        """The member broke the protocol: the client gets what came before the bad frame,
+        then a Close with the violation's code; the member gets the same Close."""
+        self._violation_seen(MEMBER, exc)
+        self.u2c_broken = True
+        code, reason = exc.close_code, exc.reason[:100]
+        valid = self._valid_prefix(self.u2c, data)
+        if valid > 0 and not self.closed_to_client and self.client not in self.ended:
+            self.client.write(data[:valid])
+            self.bytes_out += valid
+            if self.u2c.close_code != -1 and not self.member_sent_close:
+                self.member_sent_close = self.closed_to_client = True
+        self._close_client(code, reason, at_boundary=valid >= 0)
+        self._close_member(code, reason)
+        self.closed_to_client = self.closed_to_member = True
+        self._shut(self.client)
+        self._shut(self.member)
+
+    def _cut_after_violation(self, code: int, reason: str) -> None:
+        self.answer = None
+        if self.client not in self.gone and not self.closed_to_client:
+            self._close_client(code, reason)
+            self.closed_to_client = True
         self._shut(self.client)
         self._shut(self.member)
 

@@ -8,6 +8,8 @@
   as fast as the connection accepts them (backpressure applies), then a text "done";
   afterwards echo like any other path;
 - WebSocket /whoami: sends its name as the first message, then echoes;
+- WebSocket /slowread?seconds=S: reads nothing for S seconds, then counts binary bytes
+  until a text message, and answers with the count;
 - WebSocket /close?code=C&reason=R: closes with that code after the first message.
 
 When a WebSocket connection ends, one JSON line is appended to --record (if given):
@@ -74,6 +76,17 @@ async def amain(args) -> None:
                 stats["messages"] += 1
                 await ws.close(code, reason)
                 return
+            elif parts.path == "/slowread":
+                # read nothing for `seconds`, then count binary bytes until a text "end"
+                await asyncio.sleep(float(query.get("seconds", ["2"])[0]))
+                total = 0
+                while True:
+                    message = await ws.recv()
+                    stats["messages"] += 1
+                    if isinstance(message, str):
+                        break
+                    total += len(message)
+                await ws.send(str(total))
             elif parts.path == "/flood":
                 mb = float(query.get("mb", ["10"])[0])
                 chunk = int(float(query.get("chunk", ["64"])[0]) * 1024)
