@@ -203,7 +203,7 @@ def test_no_route_is_404_and_no_member_sees_it(members, proxy):
 # ----------------------------------------------------------------------------- forwarding
 
 def _headers_seen(port: int, extra: list[tuple[str, str]] = (), host: str = "front.test") -> list:
-    lines = [f"GET /headers HTTP/1.1", f"Host: {host}", "Connection: close"]
+    lines = ["GET /headers HTTP/1.1", f"Host: {host}", "Connection: close"]
     lines += [f"{k}: {v}" for k, v in extra]
     r = raw_request(port, ("\r\n".join(lines) + "\r\n\r\n").encode())
     assert r.status == 200, r

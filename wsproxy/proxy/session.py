@@ -27,7 +27,6 @@ from wsproxy.proxy.http_exchange import HttpExchange
 from wsproxy.proxy.websocket import WebSocketExchange
 
 _QUEUE = "queue"  # pause reason: parsed events wait for the session
-_UPSTREAM = "upstream"  # pause reason: the member reads the request body slowly
 _RAW_LIMIT = 256 * 1024  # bytes held after an upgrade head, before the relay starts
 
 

@@ -25,7 +25,6 @@ import asyncio
 import json
 import os
 import signal
-import sys
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import serve
