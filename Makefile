@@ -52,8 +52,12 @@ test-py312:
 	 $(VENV312)/bin/python -m wsproxy version && \
 	 $(VENV312)/bin/python -m pytest -q -m "not slow and not conformance" tests/integration
 
+# Autobahn|Testsuite (Python 2.7 venv in .conformance/venv27): every group, 12.* and 13.*
+# (compression) included, direct and through wsproxy side by side: about 20 minutes.
 conformance: build
-	$(BIN)/python tests/conformance/run.py --full
+	bash tests/conformance/setup_py27.sh
+	$(BIN)/python tests/conformance/run.py --full --parallel
+	$(BIN)/python tests/conformance/run.py --full --parallel --relay raw --out .conformance/full-raw
 
 annotate: $(VENV)/.test-deps
 	WSPROXY_CYTHON_ANNOTATE=1 $(BIN)/python setup.py -q build_ext --inplace --force
