@@ -38,10 +38,12 @@ def extensions():
             )
         )
     print(f"*** wsproxy: accelerated build ({len(modules)} modules) ***", file=sys.stderr)
+    annotate = bool(os.environ.get("WSPROXY_CYTHON_ANNOTATE"))
     return cythonize(
         modules,
         language_level=3,
-        annotate=bool(os.environ.get("WSPROXY_CYTHON_ANNOTATE")),
+        annotate=annotate,
+        force=annotate,  # an up-to-date .c would otherwise skip the report
         compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True},
     )
 
