@@ -225,3 +225,38 @@ def test_member_frames_sent_with_the_101_are_relayed(proxy, scripted):
         if not got:
             frame, got = recv_frames_until(s, parser, lambda f: True, timeout=5)
         assert got and got[0][0] == 0x1 and got[0][2] == b"hello from the member", got
+
+
+def test_client_half_close_during_handshake_ends_the_session(proxy, scripted):
+    """A client sends its upgrade and at once shuts its write side, while the member takes
+    its time to answer: the EOF arrives before the relay exists. The member must still get
+    a masked Close 1001 and the session must end, not wait for the idle timeout."""
+    import time
+
+    got = {}
+
+    def script(conn, head):
+        time.sleep(0.5)  # the client's FIN reaches the proxy before the 101 does
+        switch(conn, head)
+        parser = FrameParser()
+        frame, _seen = recv_frames_until(conn, parser, lambda f: f[0] == 0x8, timeout=5)
+        got["close"] = close_code_of(frame) if frame is not None else None
+
+    m = scripted(script)
+    p = proxy(site_conf({"ws": [m.addr]}))
+    s = connect(p.port)
+    with s:
+        s.sendall(ws_handshake_request("/halfclosed", key=ws_key()))
+        s.shutdown(socket.SHUT_WR)
+        buf = b""
+        s.settimeout(8)
+        while True:
+            data = s.recv(65536)
+            if not data:
+                break
+            buf += data
+        assert buf.startswith(b"HTTP/1.1 101"), buf[:100]
+    m.thread.join(8)
+    assert got.get("close") == 1001, got
+    log = p.wait_log(lambda r: r.get("type") == "access" and r.get("kind") == "ws", timeout=10)
+    assert log is not None and log["closed_by"] == "client", log

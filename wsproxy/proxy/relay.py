@@ -70,7 +70,12 @@ class WsRelay:
         self.linger_handles: list[asyncio.TimerHandle] = []
 
     # -- start / finish ---------------------------------------------------------------
-    def start(self, client_data: bytes, member_data: bytes) -> None:
+    def start(self, client_data: bytes, member_data: bytes, client_eof: bool = False) -> None:
+        """Take over both endpoints; relay what each side sent before the 101 was relayed.
+
+        ``client_eof``: the client half-closed during the handshake (its EOF went to the
+        HTTP session, not to us).
+        """
         self.client.sink = self
         self.member.sink = self
         if member_data:
@@ -81,6 +86,8 @@ class WsRelay:
         self.member.resume_all_reading()
         if self.idle_timeout > 0:
             self.idle_handle = self.loop.call_later(self.idle_timeout / 4, self._idle_check)
+        if client_eof and not self.client.closed:
+            self.on_eof(self.client)
         for ep in (self.client, self.member):
             if ep.closed and ep not in self.ended:
                 self.on_lost(ep, None)

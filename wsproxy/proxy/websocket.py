@@ -69,7 +69,7 @@ class WebSocketExchange(HttpExchange):
             idle_timeout=route.ws_idle_timeout if route.ws_idle_timeout is not None else cfg.ws_idle_timeout,
         )
         self.session.handler = relay
-        relay.start(self.session.take_raw(), bytes(self.member_leftover))
+        relay.start(self.session.take_raw(), bytes(self.member_leftover), client_eof=self.session.eof)
         self.member_leftover.clear()
         try:
             await relay.done
