@@ -404,7 +404,7 @@ def test_balancers_registry_and_unknown_balance():
     with pytest.raises(ConfigError) as info:
         make_pool(balance="no_such_thing")
     assert info.value.path == "pools.chat.balance"
-    assert "least_conn, round_robin" in info.value.message
+    assert "hash, least_conn, random_two, round_robin" in info.value.message
 
 
 def test_optional_on_take_on_drop_hooks(monkeypatch):

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from typing import Protocol, Sequence
 
+from wsproxy.balancing.hashing import MaglevHash
 from wsproxy.balancing.least_conn import WeightedLeastConn
 from wsproxy.balancing.member import Member
+from wsproxy.balancing.random_two import RandomTwoChoices
 from wsproxy.balancing.round_robin import SmoothWeightedRoundRobin
 
 
@@ -20,6 +22,10 @@ class Balancer(Protocol):
 
     Optional hooks, called by the Pool when present:
     ``on_take(member)`` after a connection to it is counted, ``on_drop(member)`` after one ends.
+
+    A balancer whose class sets ``wants_key = True`` (hash) is called as
+    ``pick(candidates, key)`` with the request's key as bytes; the Pool never calls it
+    without one (a pick without a key goes to the pool's ``hash_fallback`` balancer).
     """
 
     def pick(self, candidates: Sequence[Member]) -> Member:
@@ -30,9 +36,14 @@ class Balancer(Protocol):
 BALANCERS: dict[str, type] = {
     "round_robin": SmoothWeightedRoundRobin,
     "least_conn": WeightedLeastConn,
+    "random_two": RandomTwoChoices,
+    "hash": MaglevHash,
 }
 
 # Last: pool.py reads BALANCERS and Balancer from this package while it is being imported.
 from wsproxy.balancing.pool import Pool  # noqa: E402
 
-__all__ = ["BALANCERS", "Balancer", "Member", "Pool", "SmoothWeightedRoundRobin", "WeightedLeastConn"]
+__all__ = [
+    "BALANCERS", "Balancer", "MaglevHash", "Member", "Pool", "RandomTwoChoices",
+    "SmoothWeightedRoundRobin", "WeightedLeastConn",
+]

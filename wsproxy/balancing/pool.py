@@ -6,7 +6,8 @@ connect failures mark a member down for ``down_time``; after that it gets one tr
 connection per ``down_time`` and is up again only when a connect succeeds.
 
 Caller protocol (the I/O shell, one Session):
-    member = pool.pick(avoid=tried)          # None -> answer 503 with pool.why_unavailable(tried)
+    member = pool.pick(avoid=tried, key=k)   # None -> answer 503 with pool.why_unavailable(tried)
+                                             # (k: the request's hash key as bytes, or None)
     pool.acquire(member)                     # before connecting, so max_conns counts connects too
     ...connect...  -> pool.connect_ok(member)  or  pool.connect_failed(member) (log if True)
     pool.release(member)                     # when that connection ends, whatever happened
@@ -15,7 +16,7 @@ Caller protocol (the I/O shell, one Session):
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Callable, Collection
+from typing import TYPE_CHECKING, Callable, Collection, Iterable
 
 from wsproxy.balancing import BALANCERS, Balancer
 from wsproxy.balancing.member import DOWN, UP, Member
@@ -40,19 +41,49 @@ class Pool:
                 f"balancer {config.balance!r} is not available; expected one of {known}",
             ) from None
         self.balancer: Balancer = balancer_class(self.members)
+        # A balancer with ``wants_key`` (balance = "hash") is handed each pick's key. A pick
+        # without one (the request lacks the header, cookie, ...) goes to ``hash_fallback``
+        # instead, counted in ``hash_fallbacks`` for the logs and the admin API.
+        self._wants_key: bool = getattr(self.balancer, "wants_key", False)
+        self.fallback: Balancer | None = self._fallback_balancer(config) if self._wants_key else None
+        self.hash_fallbacks = 0
         # Optional hooks, looked up once rather than on every acquire/release.
-        self._on_take = getattr(self.balancer, "on_take", None)
-        self._on_drop = getattr(self.balancer, "on_drop", None)
+        balancers = (self.balancer, self.fallback)
+        self._on_take = _chain(getattr(b, "on_take", None) for b in balancers)
+        self._on_drop = _chain(getattr(b, "on_drop", None) for b in balancers)
+
+    def _fallback_balancer(self, config: PoolConfig) -> Balancer:
+        # getattr: PoolConfig grows hash_fallback with this feature; older configs lack it.
+        name = getattr(config, "hash_fallback", None) or "least_conn"
+        fallback_class = BALANCERS.get(name)
+        if fallback_class is None or getattr(fallback_class, "wants_key", False):
+            known = ", ".join(sorted(n for n, c in BALANCERS.items() if not getattr(c, "wants_key", False)))
+            raise ConfigError(
+                f"pools.{config.name}.hash_fallback",
+                f"balancer {name!r} cannot be the hash fallback; expected one of {known}",
+            )
+        return fallback_class(self.members)
 
     # -- choosing -----------------------------------------------------------------------
 
-    def pick(self, avoid: Collection[Member] = ()) -> Member | None:
-        """A member for a new connection, or None when none is available."""
+    def pick(self, avoid: Collection[Member] = (), key: bytes | None = None) -> Member | None:
+        """A member for a new connection, or None when none is available.
+
+        ``key`` (the request's hash key) is for balance = "hash" and ignored otherwise; None
+        there means the request has no key, and ``hash_fallback`` picks instead.
+        """
         now = self.clock()
         candidates = [m for m in self.members if self._eligible(m, now) and m not in avoid]
         if not candidates:
             return None
-        member = self.balancer.pick(candidates)
+        if not self._wants_key:
+            member = self.balancer.pick(candidates)
+        elif key is not None:
+            member = self.balancer.pick(candidates, key)  # type: ignore[call-arg]
+        else:
+            assert self.fallback is not None
+            self.hash_fallbacks += 1
+            member = self.fallback.pick(candidates)
         if member.state == DOWN:
             # This pick is the member's trial: no other trial until down_time passes again,
             # even if this attempt is abandoned without connect_ok/connect_failed.
@@ -148,3 +179,16 @@ class Pool:
 
     def __repr__(self) -> str:
         return f"<Pool {self.name} {self.config.balance} {len(self.members)} members>"
+
+
+def _chain(hooks: Iterable[Callable[[Member], None] | None]) -> Callable[[Member], None] | None:
+    """One callable for the hooks that exist (None when there are none, so it costs nothing)."""
+    present = [hook for hook in hooks if hook is not None]
+    if len(present) <= 1:
+        return present[0] if present else None
+
+    def call_all(member: Member) -> None:
+        for hook in present:
+            hook(member)
+
+    return call_all
