@@ -65,11 +65,9 @@ class App:
             for name, lc in config.listeners.items()
         }
         self.servers: list[asyncio.AbstractServer] = []
-        self.stopped: asyncio.Event | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.stopped = asyncio.Event()
         for name, ctx in self.contexts.items():
             bind = ctx.config.bind
             acceptor = _Acceptor(ctx)
@@ -100,8 +98,6 @@ class App:
                 event(logging.WARNING, "grace period over: connections cut", count=len(pending))
                 await asyncio.wait(pending, timeout=1.0)
         self.state.idle.close_all()
-        if self.stopped is not None:
-            self.stopped.set()
 
 
 async def serve(config, *, extra_startup=None) -> None:

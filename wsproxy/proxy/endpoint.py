@@ -21,7 +21,7 @@ import asyncio
 
 
 class Endpoint(asyncio.Protocol):
-    __slots__ = ("transport", "sink", "peer", "closed", "lingering", "lost", "_pause_reasons")
+    __slots__ = ("transport", "sink", "peer", "closed", "lingering", "_pause_reasons")
 
     def __init__(self, sink=None) -> None:
         self.transport: asyncio.Transport | None = None
@@ -29,7 +29,6 @@ class Endpoint(asyncio.Protocol):
         self.peer: tuple[str, int] | None = None
         self.closed = False  # close()/abort() called or connection lost
         self.lingering = False  # linger_close() called: close() waits for the peer
-        self.lost: asyncio.Future | None = None
         self._pause_reasons: set[str] = set()
 
     # -- asyncio.Protocol ------------------------------------------------------------
@@ -37,7 +36,6 @@ class Endpoint(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = (peer[0], peer[1]) if peer else ("-", 0)
-        self.lost = asyncio.get_running_loop().create_future()
 
     def data_received(self, data: bytes) -> None:
         self.sink.on_data(self, data)
@@ -47,8 +45,6 @@ class Endpoint(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.closed = True
-        if self.lost is not None and not self.lost.done():
-            self.lost.set_result(exc)
         if self.sink is not None:
             self.sink.on_lost(self, exc)
 
@@ -113,8 +109,6 @@ class Endpoint(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def write_buffer_size(self) -> int:
-        return self.transport.get_write_buffer_size() if self.transport else 0
 
 
 class Discard:

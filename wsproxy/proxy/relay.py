@@ -323,19 +323,6 @@ class WsRelay:
     def on_resume_writing(self, ep) -> None:
         (self.member if ep is self.client else self.client).resume_reading("peer")
 
-    # the ClientSession forwards these while the relay is its handler
-    def client_eof(self) -> None:
-        pass
-
-    def client_lost(self, exc) -> None:
-        pass
-
-    def client_pause_writing(self) -> None:
-        self.on_pause_writing(self.client)
-
-    def client_resume_writing(self) -> None:
-        self.on_resume_writing(self.client)
-
     # -- timers and operator actions --------------------------------------------------
     def _idle_check(self) -> None:
         if self.done.done():
