@@ -140,8 +140,6 @@ def test_config_md_example_supported_subset() -> None:
 def test_config_md_example_verbatim_reports_only_not_supported_features() -> None:
     assert errors_of(EXAMPLE) == [
         "server.admin: " + validate.NOT_SUPPORTED_YET["server.admin"],
-        "listeners.raw.mode: " + validate.NOT_SUPPORTED_YET["listener.mode=tcp"],
-        "pools.socketio.persist: " + validate.NOT_SUPPORTED_YET["pool.persist"],
         "plugins: " + validate.NOT_SUPPORTED_YET["plugins"],
     ]
 
@@ -151,7 +149,7 @@ COMMENTED_KEYS = {
     "state": "server.state: cluster-wide shared state is not supported yet",
     "tls": "listeners.public.tls: TLS is not supported yet",
     "redirect_https": "listeners.public.redirect_https: redirect_https is not supported yet",
-    "proxy_protocol": "listeners.raw.proxy_protocol: sending a PROXY header is not supported yet",
+    "proxy_protocol": None,  # listeners.raw.proxy_protocol = "v2" is valid
     "hash_key": 'pools.chat.hash_key: only applies to balance = "hash"',
     "health": "pools.socketio.health: health checks are not supported yet",
     "listeners": None,  # plugins[0].listeners = ["public"] is valid: no new error
@@ -204,7 +202,7 @@ def test_removing_a_not_supported_entry_lets_the_feature_load(monkeypatch: pytes
         "plugins/route_by_header.lua", ("public",), {"header": "X-Tenant"})
     plan = format_plan(config)  # every optional part of the plan renders
     for text in ("tls site.pem", "-> pool tcpecho", "proxy_protocol v2", "hash by header:X-User",
-                 "persist cookie WSPROXY_SRV", "health ws / every 2s timeout 1s rise 2 fall 3",
+                 "persist   cookie WSPROXY_SRV", "health ws / every 2s timeout 1s rise 2 fall 3",
                  "plugins[0]  plugins/route_by_header.lua  listeners: public  options: header",
                  "admin 127.0.0.1:9901", "redirect_https https://example.com", "accept_proxy on"):
         assert text in plan, text
@@ -456,9 +454,9 @@ def test_parse_duration(text: str, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["5", "5 s", "-5s", "5sec", "1d", "s", "", "1h30m", "5S"])
+@pytest.mark.parametrize("text", ["5", "5 s", "-5s", "5sec", "1w", "s", "", "1h30m", "5S"])
 def test_parse_duration_rejects(text: str) -> None:
-    with pytest.raises(ValueError, match='expected a duration like "250ms", "5s", "2m" or "1h"'):
+    with pytest.raises(ValueError, match='expected a duration like "250ms", "5s", "2m", "1h" or "1d"'):
         parse_duration(text)
 
 
@@ -565,3 +563,92 @@ def test_a_bad_choice_does_not_cascade() -> None:
     errors = errors_of(minimal(listeners={"a": {"bind": "127.0.0.1:1", "mode": "tpc", "pool": "web"}},
                                pools={"web": {"balance": "hsah", "hash_key": "path", "members": ["127.0.0.1:2"]}}))
     assert [e.split(": ", 1)[0] for e in errors] == ["listeners.a.mode", "pools.web.balance"]
+
+
+def test_plan_shows_each_pools_algorithm_persistence_and_limits() -> None:
+    text = """
+[listeners.public]
+bind = "127.0.0.1:8080"
+routes = [{ path_prefix = "/socket.io/", pool = "sio" }, { pool = "chat" }]
+
+[listeners.raw]
+bind = "127.0.0.1:7000"
+mode = "tcp"
+pool = "tcp"
+idle_timeout = "10m"
+
+[pools.sio]
+persist = { cookie = "SRV", secret = "0123456789abcdef0123", max_age = "1d" }
+queue = { size = 0 }
+members = ["127.0.0.1:3001"]
+
+[pools.chat]
+balance = "hash"
+hash_key = "header:X-User"
+hash_fallback = "random_two"
+queue = { size = 50, timeout = "2s" }
+members = [{ addr = "127.0.0.1:9001", max_conns = 7 }]
+
+[pools.tcp]
+balance = "hash"
+members = ["127.0.0.1:7001"]
+"""
+    plan = format_plan(parse_config(parse_config_text(text)))
+    for expected in (
+        "listener raw  127.0.0.1:7000  tcp  -> pool tcp  idle 10m",
+        "pool sio  round_robin  max_conns 10000  relay track",
+        "  limits    max_conns per member (below); all full: 503 at once (no queue)",
+        "  persist   cookie SRV (secret from config)  max_age 1d",
+        "pool chat  hash by header:X-User (no key: random_two)  max_conns 10000  relay track",
+        "  limits    max_conns per member (below); all full: queue 50 for 2s, then 503",
+        "  persist   none",
+        "  127.0.0.1:9001  weight 1  max_conns 7",
+        "pool tcp  hash by source_ip (no key: least_conn)",
+        "  persist   by source address (hash; coarse behind NAT)",
+    ):
+        assert expected in plan, expected
+
+
+def test_persist_secret_and_queue_are_checked() -> None:
+    errors = errors_of(with_pool(persist={"cookie": "S", "secret": "short", "max_age": "forever"},
+                                 queue={"size": -1, "timeout": "x", "depth": 3}))
+    assert any("pools.web.persist.secret: expected a string of at least 16 characters" in e for e in errors)
+    assert any("pools.web.persist.max_age: expected a duration" in e for e in errors)
+    assert any("pools.web.queue.size:" in e for e in errors)
+    assert any("pools.web.queue.timeout: expected a duration" in e for e in errors)
+    assert any('pools.web.queue.depth: unknown key "depth"' in e for e in errors)
+
+
+def test_tcp_listener_pools_cannot_use_http_only_keys() -> None:
+    text = """
+[listeners.raw]
+bind = "127.0.0.1:7000"
+mode = "tcp"
+pool = "tcp"
+
+[listeners.web]
+bind = "127.0.0.1:8080"
+accept_proxy = true
+idle_timeout = "1m"
+routes = [{ pool = "tcp" }]
+
+[pools.tcp]
+balance = "hash"
+hash_key = "cookie:SID"
+persist = { cookie = "SRV" }
+members = ["127.0.0.1:7001"]
+"""
+    errors = errors_of(parse_config_text(text))
+    assert any(e.startswith('pools.tcp.persist: tcp listener "raw" uses this pool') for e in errors), errors
+    assert any(e.startswith('pools.tcp.hash_key: tcp listener "raw" uses this pool') and 'expected "source_ip"' in e
+               for e in errors), errors
+    assert any(e.startswith("listeners.web.accept_proxy: a PROXY header is only read from trusted peers")
+               for e in errors), errors
+    assert any(e.startswith('listeners.web.idle_timeout: only applies to mode = "tcp"') for e in errors), errors
+
+
+def test_hash_fallback_only_with_hash() -> None:
+    errors = errors_of(with_pool(hash_fallback="round_robin"))
+    assert any('pools.web.hash_fallback: only applies to balance = "hash"' in e for e in errors), errors
+    errors = errors_of(with_pool(balance="hash", hash_fallback="hash"))
+    assert any("pools.web.hash_fallback: expected" in e for e in errors), errors

@@ -23,6 +23,7 @@ from wsproxy.config.schema import (
     PersistConfig,
     PluginConfig,
     PoolConfig,
+    QueueConfig,
     RouteConfig,
     ServerConfig,
     TlsConfig,
@@ -46,17 +47,19 @@ SERVER_KEYS = ("workers", "admin", "log_level", "log_format", "access_log", "sta
 LISTENER_KEYS = (
     "bind", "mode", "routes", "pool", "trusted_proxies", "head_timeout", "keepalive_timeout",
     "max_head_bytes", "max_headers", "max_uri_bytes", "tls", "redirect_https", "proxy_protocol",
-    "accept_proxy",
+    "accept_proxy", "idle_timeout",
 )
 ROUTE_KEYS = ("host", "path", "path_prefix", "pool", "allowed_origins", "relay", "ws_idle_timeout")
 POOL_KEYS = (
-    "balance", "hash_key", "members", "max_conns", "persist", "health", "proxy_protocol", "relay",
+    "balance", "hash_key", "members", "max_conns", "hash_fallback", "queue", "persist", "health",
+    "proxy_protocol", "relay",
     "connect_timeout", "response_timeout", "retries", "fail_threshold", "down_time",
     "keepalive_conns", "keepalive_timeout", "ws_idle_timeout",
 )
 MEMBER_KEYS = ("addr", "weight", "max_conns")
 TLS_KEYS = ("cert", "key")
-PERSIST_KEYS = ("cookie",)
+PERSIST_KEYS = ("cookie", "secret", "max_age")
+QUEUE_KEYS = ("size", "timeout")
 HEALTH_KEYS = ("type", "path", "interval", "timeout", "rise", "fall")
 PLUGIN_KEYS = ("path", "listeners", "options")
 
@@ -65,6 +68,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 MODES = ("http", "tcp")
 BALANCES = ("round_robin", "least_conn", "random_two", "hash")
+HASH_FALLBACKS = ("round_robin", "least_conn", "random_two")
 RELAYS = ("raw", "track", "inspect")
 PROXY_PROTOCOLS = ("v1", "v2")
 HEALTH_TYPES = ("tcp", "http", "ws")
@@ -452,13 +456,21 @@ def _read_listener(r: _Reader, name: str, table: dict) -> ListenerConfig:
         for http_only in ("routes", "redirect_https"):
             if http_only in table:
                 r.error(f"{path}.{http_only}", f'only applies to mode = "http"; this listener is mode = {quote(mode)}')
+    if mode_ok and mode == "http" and "idle_timeout" in table:
+        r.error(f"{path}.idle_timeout", 'only applies to mode = "tcp"; http listeners have keepalive_timeout, '
+                                        "and WebSockets ws_idle_timeout (on the route or pool)")
+    accept_proxy = r.value(table, "accept_proxy", path, _boolean, d["accept_proxy"])
+    trusted_proxies = r.items(table, "trusted_proxies", path, _cidr, d["trusted_proxies"])
+    if accept_proxy and table.get("trusted_proxies", []) == []:
+        r.error(f"{path}.accept_proxy", "a PROXY header is only read from trusted peers; expected "
+                                        'trusted_proxies = ["10.0.0.0/8", ...] on this listener too')
     return ListenerConfig(
         name=name,
         bind=bind,
         mode=mode,
         routes=routes,
         pool=pool,
-        trusted_proxies=r.items(table, "trusted_proxies", path, _cidr, d["trusted_proxies"]),
+        trusted_proxies=trusted_proxies,
         head_timeout=r.value(table, "head_timeout", path, _duration(), d["head_timeout"]),
         keepalive_timeout=r.value(table, "keepalive_timeout", path, _duration(allow_zero=True),
                                   d["keepalive_timeout"]),
@@ -468,7 +480,8 @@ def _read_listener(r: _Reader, name: str, table: dict) -> ListenerConfig:
         tls=_read_tls(r, table, path),
         redirect_https=r.value(table, "redirect_https", path, _https_url) if mode == "http" else None,
         proxy_protocol=r.value(table, "proxy_protocol", path, _choice(PROXY_PROTOCOLS)),
-        accept_proxy=r.value(table, "accept_proxy", path, _boolean, d["accept_proxy"]),
+        accept_proxy=accept_proxy,
+        idle_timeout=r.value(table, "idle_timeout", path, _duration(), d["idle_timeout"]),
     )
 
 
@@ -537,11 +550,16 @@ def _read_pool(r: _Reader, name: str, table: dict) -> PoolConfig:
         hash_key = "source_ip"  # hashing by client address is the common case
     elif balance != "hash" and "hash_key" in table and table.get("balance", balance) == balance:
         r.error(f"{path}.hash_key", f'only applies to balance = "hash"; this pool is balance = {quote(balance)}')
+    hash_fallback = r.value(table, "hash_fallback", path, _choice(HASH_FALLBACKS), d["hash_fallback"])
+    if balance != "hash" and "hash_fallback" in table and table.get("balance", balance) == balance:
+        r.error(f"{path}.hash_fallback", f'only applies to balance = "hash"; this pool is balance = {quote(balance)}')
     max_conns = r.value(table, "max_conns", path, _integer(1), d["max_conns"])
     return PoolConfig(
         name=name,
         balance=balance,
         hash_key=hash_key,
+        hash_fallback=hash_fallback,
+        queue=_read_queue(r, table, path),
         members=_read_members(r, table, path, max_conns),
         max_conns=max_conns,
         persist=_read_persist(r, table, path),
@@ -614,7 +632,31 @@ def _read_persist(r: _Reader, table: dict, path: str) -> PersistConfig | None:
         return None
     r.known_keys(persist, persist_path, PERSIST_KEYS)
     cookie = r.value(persist, "cookie", persist_path, _cookie_name, required='a cookie name like "WSPROXY_SRV"')
-    return PersistConfig(cookie) if cookie else None
+    secret = r.value(persist, "secret", persist_path, _secret)
+    max_age = r.value(persist, "max_age", persist_path, _duration())
+    return PersistConfig(cookie, secret, max_age) if cookie else None
+
+
+def _secret(value: Any) -> str:
+    if not isinstance(value, str) or len(value) < 16:
+        shown = "a string of %d characters" % len(value) if isinstance(value, str) else describe(value)
+        raise ValueError(f"expected a string of at least 16 characters (a random one, kept secret), got {shown}")
+    return value
+
+
+def _read_queue(r: _Reader, table: dict, path: str) -> QueueConfig:
+    d = defaults(QueueConfig)
+    if "queue" not in table:
+        return QueueConfig()
+    queue_path = f"{path}.queue"
+    queue = r.table(table["queue"], queue_path, 'a table like { size = 100, timeout = "5s" }')
+    if queue is None:
+        return QueueConfig()
+    r.known_keys(queue, queue_path, QUEUE_KEYS)
+    return QueueConfig(
+        size=r.value(queue, "size", queue_path, _integer(0), d["size"]),
+        timeout=r.value(queue, "timeout", queue_path, _duration(), d["timeout"]),
+    )
 
 
 def _cookie_name(value: Any) -> str:

@@ -69,7 +69,7 @@ def _listener_block(listener: ListenerConfig) -> list[str]:
     if listener.tls:
         head += f"  tls {listener.tls.cert}"
     if listener.mode == "tcp":
-        head += f"  -> pool {listener.pool}"
+        head += f"  -> pool {listener.pool}  idle {dur(listener.idle_timeout)}"
     if listener.proxy_protocol:
         head += f"  proxy_protocol {listener.proxy_protocol}"
     lines = [head]
@@ -109,11 +109,15 @@ def _route_row(config: Config, route: RouteConfig) -> Row:
 
 def _pool_block(pool: PoolConfig) -> list[str]:
     head = f"pool {pool.name}  {pool.balance}"
-    if pool.hash_key:
-        head += f" by {pool.hash_key}"
+    if pool.balance == "hash":
+        head += f" by {pool.hash_key} (no key: {pool.hash_fallback})"
     head += f"  max_conns {pool.max_conns}  relay {pool.relay}"
+    queue = pool.queue
     lines = [
         head,
+        "  limits    max_conns per member (below); all full: "
+        + (f"queue {queue.size} for {dur(queue.timeout)}, then 503" if queue.size else "503 at once (no queue)"),
+        "  persist   " + _persist_text(pool),
         f"  upstream  connect {dur(pool.connect_timeout)}  response {dur(pool.response_timeout)}"
         f"  ws_idle {dur(pool.ws_idle_timeout)}  retries {pool.retries}"
         f"  down after {pool.fail_threshold} fails for {dur(pool.down_time)}"
@@ -121,8 +125,6 @@ def _pool_block(pool: PoolConfig) -> list[str]:
            if pool.keepalive_conns else "  keepalive off"),
     ]
     extras = []
-    if pool.persist:
-        extras.append(f"persist cookie {pool.persist.cookie}")
     if pool.health:
         h = pool.health
         where = f" {h.path}" if h.type != "tcp" else ""
@@ -133,6 +135,17 @@ def _pool_block(pool: PoolConfig) -> list[str]:
     if extras:
         lines.append("  " + "  ".join(extras))
     return lines
+
+
+def _persist_text(pool: PoolConfig) -> str:
+    persist = pool.persist
+    if persist is None:
+        if pool.balance == "hash" and pool.hash_key == "source_ip":
+            return "by source address (hash; coarse behind NAT)"
+        return "none"
+    secret = "secret from config" if persist.secret else "random secret per process: sessions move on restart"
+    age = f"  max_age {dur(persist.max_age)}" if persist.max_age is not None else "  session cookie"
+    return f"cookie {persist.cookie} ({secret}){age}"
 
 
 def _member_row(member) -> Row:

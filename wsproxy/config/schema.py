@@ -79,7 +79,8 @@ class ListenerConfig:
     tls: TlsConfig | None = None
     redirect_https: str | None = None  # "https://example.com": answer every request with a redirect
     proxy_protocol: str | None = None  # "v1" | "v2": send a PROXY header to members (tcp mode)
-    accept_proxy: bool = False  # expect a PROXY v1/v2 header from clients
+    accept_proxy: bool = False  # expect a PROXY v1/v2 header from peers in trusted_proxies
+    idle_timeout: float = 3600.0  # tcp listeners: no byte either way for this long closes both sides
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +93,16 @@ class MemberConfig:
 @dataclass(frozen=True, slots=True)
 class PersistConfig:
     cookie: str  # name of the sticky cookie the proxy inserts
+    secret: str | None = None  # HMAC key for the cookie value; None = a random one per process
+    max_age: float | None = None  # seconds; None = a session cookie
+
+
+@dataclass(frozen=True, slots=True)
+class QueueConfig:
+    """Requests waiting for a slot when every member is at max_conns (HAProxy's backend queue)."""
+
+    size: int = 100  # waiting requests per pool; 0 = no queue, full means 503 at once
+    timeout: float = 5.0  # a queued request gets 503 after waiting this long
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +120,10 @@ class PoolConfig:
     name: str
     balance: str = "round_robin"  # round_robin | least_conn | random_two | hash
     hash_key: str | None = None  # balance = "hash": source_ip | header:N | cookie:N | query:N | path
+    hash_fallback: str = "least_conn"  # balance = "hash": picks for requests without the key
     members: tuple[MemberConfig, ...] = ()
     max_conns: int = 10000  # per member, unless the member sets its own
+    queue: QueueConfig = QueueConfig()
     persist: PersistConfig | None = None
     health: HealthConfig | None = None
     proxy_protocol: str | None = None  # "v1" | "v2"

@@ -13,8 +13,8 @@ import re
 
 from wsproxy.config.schema import Address
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}  # "d": cookie ages
 
 # Binary units are the ones people mean for buffers; decimal ones are accepted because
 # "10KB" is a common way to write a size and silently reading it as 10240 would surprise.
@@ -37,7 +37,7 @@ def parse_duration(text: str) -> float:
     """``"250ms"`` -> 0.25, ``"5s"`` -> 5.0, ``"2m"`` -> 120.0, ``"1h"`` -> 3600.0."""
     match = _DURATION.fullmatch(text.strip())
     if match is None:
-        raise ValueError(f'expected a duration like "250ms", "5s", "2m" or "1h", got {_q(text)}')
+        raise ValueError(f'expected a duration like "250ms", "5s", "2m", "1h" or "1d", got {_q(text)}')
     number, unit = match.groups()
     return float(number) * _DURATION_UNITS[unit]
 
@@ -105,7 +105,7 @@ def format_duration(seconds: float) -> str:
     """The shortest exact spelling: 0.25 -> "250ms", 120.0 -> "2m", 90.0 -> "90s"."""
     if seconds == 0:
         return "0s"
-    for unit, scale in (("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+    for unit, scale in (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0)):
         count = seconds / scale
         if count >= 1 and count == int(count):
             return f"{int(count)}{unit}"

@@ -32,34 +32,15 @@ NOT_SUPPORTED_YET: dict[str, str] = {
     "server.state": (
         "cluster-wide shared state is not supported yet (it arrives with issue #6); remove the key"
     ),
-    "listener.mode=tcp": '"tcp" is not supported yet (layer-4 mode arrives with issue #3); expected "http"',
     "listener.tls": "TLS is not supported yet (it arrives with issue #7); remove the key",
     "listener.redirect_https": "redirect_https is not supported yet (it arrives with issue #7); remove the key",
-    "listener.proxy_protocol": (
-        "sending a PROXY header is not supported yet (it arrives with issue #3); remove the key"
-    ),
-    "listener.accept_proxy": (
-        "accepting a PROXY header is not supported yet (it arrives with issue #3); "
-        "expected false or no key"
-    ),
     "route.relay=inspect": (
         '"inspect" is not supported yet (it arrives with issue #5); expected "raw" or "track"'
     ),
     "pool.relay=inspect": (
         '"inspect" is not supported yet (it arrives with issue #5); expected "raw" or "track"'
     ),
-    "pool.balance=random_two": (
-        '"random_two" is not supported yet (it arrives with issue #3); '
-        'expected "round_robin" or "least_conn"'
-    ),
-    "pool.balance=hash": (
-        '"hash" is not supported yet (it arrives with issue #3); expected "round_robin" or "least_conn"'
-    ),
-    "pool.persist": "sticky sessions are not supported yet (persist arrives with issue #3); remove the key",
     "pool.health": "health checks are not supported yet (they arrive with issue #6); remove the key",
-    "pool.proxy_protocol": (
-        "sending a PROXY header is not supported yet (it arrives with issue #3); remove the key"
-    ),
     "plugins": "plugins are not supported yet (they arrive with issue #5); remove the [[plugins]] tables",
 }
 
@@ -151,6 +132,8 @@ def _check_references(config: Config) -> Iterator[ConfigError]:
                 yield ConfigError(f"{base}.routes[{route.index}].pool", no_such("pool", route.pool, pools, "pools"))
         if listener.pool and listener.pool not in config.pools:
             yield ConfigError(f"{base}.pool", no_such("pool", listener.pool, pools, "pools"))
+        elif listener.pool:
+            yield from _check_tcp_pool(listener.name, listener.pool, config.pools[listener.pool])
 
     listeners = list(config.listeners)
     for plugin in config.plugins:
@@ -162,6 +145,17 @@ def _check_references(config: Config) -> Iterator[ConfigError]:
             elif target.mode != "http":
                 message = f"listener {quote(name)} is a {target.mode} listener; plugins hook http listeners"
                 yield ConfigError(path, message)
+
+
+def _check_tcp_pool(listener: str, name: str, pool) -> Iterator[ConfigError]:
+    """A tcp listener's pool may only use what a byte stream has: no cookies, no headers."""
+    base = key("pools", name)
+    why = f"tcp listener {quote(listener)} uses this pool, and a tcp connection has no HTTP request"
+    if pool.persist is not None:
+        yield ConfigError(f"{base}.persist", f"{why}; expected no persist (for stickiness use "
+                                             'balance = "hash" with hash_key = "source_ip")')
+    if pool.balance == "hash" and pool.hash_key not in (None, "source_ip"):
+        yield ConfigError(f"{base}.hash_key", f'{why}; expected "source_ip"')
 
 
 def _binds_overlap(a: Address, b: Address) -> bool:
