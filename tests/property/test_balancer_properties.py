@@ -1,10 +1,13 @@
 """Balancer properties from issue #3, checked for every algorithm in BALANCERS.
 
-- Spread: 10,000 picks (held open, like WebSockets) or 10,000 keys land within ±10 % of
-  each member's weight share (relative: a 1/6 share may be 1/6 ± 1/60).
-- Consistent hashing: removing one of N members (N in 3..10) moves at most 1/N + 2 % of the
-  keys, whether it is removed from the config (table rebuilt), marked down (skipped at pick
-  time) or weighted 0 by an admin (rebuilt live), and adding it back restores every key.
+- Spread: 10,000 picks or 10,000 keys land within ±10 % of each member's weight share
+  (relative: a 1/6 share may be 1/6 ± 1/60). Keyless balancers are checked in both regimes:
+  short requests (each connection released before the next pick, so every member is idle at
+  every pick) and long-lived connections (nothing released, like WebSockets).
+- Consistent hashing: removing one of N members (N in 2..10) moves at most its share + 2 %
+  of the keys (1/N + 2 % with equal weights), whether it is removed from the config (table
+  rebuilt), marked down (skipped at pick time) or weighted 0 by an admin (rebuilt live), and
+  adding it back restores every key.
 - least_conn and random_two steer new connections away from a member holding many
   long-lived ones.
 - Hash picks are the same in two Pools built from one config, whatever the member order,
@@ -49,24 +52,65 @@ def make_pool(weights, balance, hosts=None, seed=0, max_conns=10**6) -> Pool:
     return pool
 
 
-def spread(pool: Pool) -> Counter:
-    """Who gets 10,000 keys (hash) or 10,000 connections that all stay open."""
-    if pool.config.balance in KEYED:
+def regimes(balance: str) -> tuple[str, ...]:
+    return ("keys",) if balance in KEYED else ("short", "long")
+
+
+SPREAD_CASES = [(balance, regime) for balance in sorted(BALANCERS) for regime in regimes(balance)]
+
+
+def spread(pool: Pool, regime: str) -> Counter:
+    """Who gets 10,000 keys (hash), short requests or connections that all stay open."""
+    if regime == "keys":
         return Counter(pool.pick(key=key) for key in KEYS)
     counts = Counter()
     for _ in range(PICKS):
         member = pool.pick()
         pool.acquire(member)
+        if regime == "short":
+            pool.release(member)  # before the next pick: every member is idle at every pick
         counts[member] += 1
     return counts
 
 
-def assert_follows_weights(pool: Pool, counts: Counter, tolerance: float = 0.10) -> None:
+def is_sampling(pool: Pool, regime: str) -> bool:
+    """True when the counts are a random sample of the weights rather than a schedule.
+
+    random_two with short requests: every member is idle, every pick is a tie, the first
+    (weight-proportional) draw wins, so each share is a binomial sample of 10,000 draws."""
+    return regime == "short" and isinstance(pool.balancer, RandomTwoChoices)
+
+
+def assert_follows_weights(
+    pool: Pool, counts: Counter, tolerance: float = 0.10, sampling: bool = False
+) -> float:
+    """Every member's share within ``tolerance`` (relative) of its weight share; returns the
+    worst relative deviation.
+
+    ``sampling``: the shares are random samples, and ±10 % of a small share is only a few
+    standard deviations of 10,000 draws (a 1/36 share: ±28 picks, 1.7 sigma), so the bound
+    is widened to 5 sigma where that is larger. Shares above ~1/7 keep ±10 %."""
     total_weight = sum(m.weight for m in pool.members)
     total = sum(counts.values())
+    worst = 0.0
     for member in pool.members:
         expected = member.weight / total_weight
-        assert abs(counts[member] / total - expected) <= tolerance * expected, (member, counts[member])
+        bound = tolerance * expected
+        if sampling:
+            bound = max(bound, 5 * (expected * (1 - expected) / total) ** 0.5)
+        deviation = abs(counts[member] / total - expected)
+        assert deviation <= bound, (member, counts[member], expected * total)
+        worst = max(worst, deviation / expected)
+    return worst
+
+
+def pick_held(pool: Pool, n: int) -> list:
+    picked = []
+    for _ in range(n):
+        member = pool.pick()
+        pool.acquire(member)
+        picked.append(member)
+    return picked
 
 
 def owners(pool: Pool) -> list[str]:
@@ -84,25 +128,41 @@ hosts_strategy = st.lists(
 
 # -- spread ------------------------------------------------------------------------------------
 
-WEIGHT_SETS = [(1, 1, 1), (3, 2, 1), (5, 3, 2), (4, 1), (1,) * 10, (2, 1, 1, 1, 1)]
+WEIGHT_SETS = [(1, 1, 1), (3, 2, 1), (5, 3, 2), (4, 1), (3, 1), (1,) * 10, (2, 1, 1, 1, 1), (1, 2, 3, 4)]
 
 
 @pytest.mark.parametrize("weights", WEIGHT_SETS, ids=str)
-@pytest.mark.parametrize("balance", sorted(BALANCERS))
-def test_spread_follows_weights(balance, weights):
+@pytest.mark.parametrize("balance, regime", SPREAD_CASES)
+def test_spread_follows_weights(balance, regime, weights):
+    # Fixed seeds and keys: the plain ±10 % holds for every case here, random_two included.
     pool = make_pool(weights, balance)
-    assert_follows_weights(pool, spread(pool))
+    assert_follows_weights(pool, spread(pool, regime))
 
 
 @settings(max_examples=40, deadline=None)
 @given(
-    balance=st.sampled_from(KEYLESS),
+    case=st.sampled_from([case for case in SPREAD_CASES if case[1] != "keys"]),
     weights=st.lists(st.integers(1, 5), min_size=2, max_size=8),
     seed=st.integers(0, 2**32),
 )
-def test_spread_follows_any_weights(balance, weights, seed):
+def test_spread_follows_any_weights(case, weights, seed):
+    balance, regime = case
     pool = make_pool(weights, balance, seed=seed)
-    assert_follows_weights(pool, spread(pool))
+    assert_follows_weights(pool, spread(pool, regime), sampling=is_sampling(pool, regime))
+
+
+@pytest.mark.parametrize("weights", [(3, 1), (5, 3, 2), (1, 2, 3, 4)], ids=str)
+@pytest.mark.parametrize("balance", ["least_conn", "random_two"])
+def test_short_requests_are_not_all_sent_to_the_heaviest(balance, weights):
+    # Regression: with the load "(active + 1) / weight" every idle member compared at
+    # 1/weight and the heaviest took every short request (3:1 gave 100 % / 0 %).
+    pool = make_pool(weights, balance, seed=1)
+    counts = spread(pool, "short")
+    assert all(counts[m] > 0 for m in pool.members)
+    assert_follows_weights(pool, counts)
+    if balance == "least_conn":  # idle members tie and go round robin: exact shares
+        total_weight = sum(weights)
+        assert all(abs(counts[m] - PICKS * m.weight / total_weight) < 1 for m in pool.members)
 
 
 @settings(max_examples=30, deadline=None)
@@ -115,11 +175,12 @@ def test_hash_table_slots_follow_any_weights(weights, hosts):
     assert_follows_weights(pool, slots, tolerance=0.01)
 
 
+@pytest.mark.parametrize("weights", [(1, 1, 1, 1), (3, 2, 1)], ids=str)
 @pytest.mark.parametrize("balance", KEYLESS)
-def test_spread_with_connections_ending_at_random_times(balance):
-    # Short and long connections mixed (1..60 picks long), equal weights.
+def test_spread_with_connections_ending_at_random_times(balance, weights):
+    # Short and long connections mixed (1..60 picks long).
     rng = random.Random(7)
-    pool = make_pool((1, 1, 1, 1), balance, seed=7)
+    pool = make_pool(weights, balance, seed=7)
     open_conns: list[tuple[int, object]] = []
     counts = Counter()
     for step in range(PICKS):
@@ -133,6 +194,19 @@ def test_spread_with_connections_ending_at_random_times(balance):
     assert_follows_weights(pool, counts)
 
 
+@pytest.mark.parametrize("hosts_seed", range(3))
+def test_hash_random_keys_follow_weights_1_2_3_4(hosts_seed):
+    # The Maglev table is shared by weight (see test_hash_table_slots_follow_any_weights);
+    # here 10,000 random keys, not a fixed key list, sample it.
+    rng = random.Random(hosts_seed)
+    hosts = [("10.%d.%d.%d" % tuple(rng.randrange(256) for _ in range(3)), 80) for _ in range(4)]
+    pool = make_pool((1, 2, 3, 4), "hash", hosts=hosts)
+    for key_seed in range(3):
+        keys = random.Random(100 + key_seed)
+        counts = Counter(pool.pick(key=keys.randbytes(16)) for _ in range(PICKS))
+        assert_follows_weights(pool, counts)
+
+
 # -- consistent hashing: removing and adding back a member ------------------------------------
 
 
@@ -141,7 +215,7 @@ def check_remove_and_restore(n: int, removed: int, hosts: list[tuple[str, int]],
     full = make_pool(weights, "hash", hosts=hosts)
     before = owners(full)
     share = weights[removed] / sum(weights)
-    bound = share + 0.02  # 1/N + 2 % with equal weights
+    bound = share + 0.02  # 1/N + 2 % with equal weights; its weight share + 2 % with weights
     result = {}
 
     # 1. Removed from the config: a new Pool (another worker, or a reload) rebuilds its table.
@@ -170,25 +244,34 @@ def check_remove_and_restore(n: int, removed: int, hosts: list[tuple[str, int]],
     return result
 
 
-@settings(max_examples=10, deadline=None)
-@given(n=st.integers(3, 10), data=st.data(), hosts=hosts_strategy)
+# Few examples: each builds five 65537-slot tables; the loops below pin N = 2..10 and weights.
+@settings(max_examples=6, deadline=None)
+@given(n=st.integers(2, 10), data=st.data(), hosts=hosts_strategy)
 def test_removing_one_of_n_moves_at_most_1_over_n_plus_2_percent(n, data, hosts):
     removed = data.draw(st.integers(0, n - 1), label="removed")
     check_remove_and_restore(n, removed, hosts[:n], [1] * n)
 
 
-@settings(max_examples=6, deadline=None)
-@given(n=st.integers(3, 10), data=st.data(), hosts=hosts_strategy)
+@settings(max_examples=4, deadline=None)
+@given(n=st.integers(2, 10), data=st.data(), hosts=hosts_strategy)
 def test_removing_a_weighted_member_moves_about_its_share(n, data, hosts):
     weights = data.draw(st.lists(st.integers(1, 4), min_size=n, max_size=n), label="weights")
     removed = data.draw(st.integers(0, n - 1), label="removed")
     check_remove_and_restore(n, removed, hosts[:n], weights)
 
 
-@pytest.mark.parametrize("n", range(3, 11))
+@pytest.mark.parametrize("n", range(2, 11))
 def test_removing_one_member_of_n(n):
     hosts = [("10.0.0.%d" % (i + 1), 8080) for i in range(n)]
     check_remove_and_restore(n, n // 2, hosts, [1] * n)
+
+
+@pytest.mark.parametrize(
+    "weights, removed", [((1, 2, 3, 4), 0), ((1, 2, 3, 4), 3), ((4, 1, 1, 1, 1), 0), ((4, 1, 1, 1, 1), 2)], ids=str
+)
+def test_removing_a_weighted_member(weights, removed):
+    hosts = [("10.0.1.%d" % (i + 1), 8080) for i in range(len(weights))]
+    check_remove_and_restore(len(weights), removed, hosts, list(weights))
 
 
 # -- least_conn and random_two steer away from a loaded member ------------------------------
@@ -222,6 +305,44 @@ def test_new_connections_avoid_a_member_with_many_long_lived_ones(balance, n, lo
         pool.acquire(member)
     if balance == "least_conn":
         assert [m.active for m in pool.members] == [long_lived] * n
+
+
+@pytest.mark.parametrize("regime", ["short", "long"])
+@pytest.mark.parametrize("balance", ["least_conn", "random_two"])
+def test_member_holding_500_gets_none_of_the_next_300(balance, regime):
+    # The issue's case: A holds 500 long-lived connections, B and C none.
+    pool = make_pool((1, 1, 1), balance, seed=5)
+    a, b, c = pool.members
+    for _ in range(500):
+        pool.acquire(a)
+    picks = Counter()
+    for _ in range(300):
+        member = pool.pick()
+        pool.acquire(member)
+        if regime == "short":
+            pool.release(member)
+        picks[member] += 1
+    # B and C stay below A's 500 throughout, so A never wins: least_conn takes the minimum,
+    # and random_two keeps A only when the other draw is at least as loaded.
+    assert picks[a] == 0
+    if balance == "least_conn":
+        assert picks == {b: 150, c: 150}  # equal idle or equal loaded: round robin
+    else:
+        assert min(picks[b], picks[c]) >= 100
+    if regime == "short":
+        return
+    # least_conn: A gets nothing until B and C catch up with it, then all three take turns.
+    # random_two: A is only ever picked against a member at least as loaded.
+    for _ in range(700):
+        others = max(b.active, c.active) if balance == "random_two" else min(b.active, c.active)
+        member = pool.pick()
+        assert member is not a or others >= a.active
+        pool.acquire(member)
+    if balance == "least_conn":
+        assert [m.active for m in pool.members] == [500, 500, 500]
+        assert set(pick_held(pool, 3)) == {a, b, c}
+    else:
+        assert a.active <= 502 and min(b.active, c.active) >= 495
 
 
 def test_random_two_fills_the_others_first():

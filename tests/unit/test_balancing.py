@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import pytest
 
 from wsproxy.balancing import BALANCERS, Member, Pool, SmoothWeightedRoundRobin, WeightedLeastConn
+from wsproxy.config.schema import QueueConfig
 from wsproxy.errors import ConfigError
 
 # -- stand-ins for wsproxy.config.schema (fields as in docs/INTERFACES.md) --------------------
@@ -37,6 +38,9 @@ class PoolConfig:
     balance: str = "round_robin"
     fail_threshold: int = 3
     down_time: float = 10.0
+    hash_fallback: str = "least_conn"
+    persist: object = None
+    queue: object = QueueConfig()
 
 
 class FakeClock:
@@ -162,12 +166,66 @@ def test_least_conn_equal_members_alternate_with_short_requests():
     assert sequence == [9001, 9002, 9003] * 3
 
 
+def test_least_conn_short_requests_follow_weights_like_round_robin():
+    # Regression: with the old load "(active + 1) / weight" every idle member was compared
+    # at 1/weight and the heaviest won every short request (3:1 gave 10000 / 0). Now idle
+    # members tie at 0 and smooth WRR breaks the tie, as nginx does: the same order as
+    # round_robin, and exact shares.
+    names = {9001: "a", 9002: "b", 9003: "c"}
+    for weights, order in (((3, 1), "aaba"), ((5, 1, 1), "aabacaa")):
+        pool = make_pool(weights=weights, balance="least_conn")
+        rr = make_pool(weights=weights, balance="round_robin")
+        sequence = "".join(names[port_of(m)] for m in pick_released(pool, 2 * len(order)))
+        assert sequence == order * 2
+        assert sequence == "".join(names[port_of(m)] for m in pick_released(rr, 2 * len(order)))
+    pool = make_pool(weights=(3, 2, 1), balance="least_conn")
+    counts = Counter(port_of(m) for m in pick_released(pool, 6000))
+    assert counts == {9001: 3000, 9002: 2000, 9003: 1000}
+
+
 def test_least_conn_held_connections_follow_weights():
     pool = make_pool(weights=(3, 1), balance="least_conn")
     first = [port_of(m) for m in pick_held(pool, 4)]
-    assert Counter(first) == {9001: 3, 9002: 1}  # weights honoured from the first connection
+    # The first goes to a (a round robin among the idle), the second to the idle b (0/1 <
+    # 1/3), then a until its load catches up with b's: weights honoured after 4 connections.
+    assert first == [9001, 9002, 9001, 9001]
     pick_held(pool, 396)
     assert [m.active for m in pool.members] == [300, 100]
+
+
+def test_least_conn_idle_light_member_comes_second_then_the_weights_even_out():
+    # The price of comparing active / weight (nginx) rather than (active + 1) / weight:
+    # an idle weight-1 member beats a weight-10 member holding one connection.
+    pool = make_pool(weights=(10, 1), balance="least_conn")
+    first = [port_of(m) for m in pick_held(pool, 11)]
+    assert first[:2] == [9001, 9002]
+    assert Counter(first) == {9001: 10, 9002: 1}
+    pick_held(pool, 1089)
+    assert [m.active for m in pool.members] == [1000, 100]
+
+
+def test_least_conn_loads_compared_exactly_per_weight():
+    balancer = WeightedLeastConn([])
+    a, b = (Member(MemberConfig(Address("10.0.0.1", p), weight=w)) for p, w in ((1, 3), (2, 1)))
+    a.active, b.active = 2, 1  # 2/3 < 1/1
+    assert balancer.pick([a, b]) is a
+    a.active = 4  # 4/3 > 1/1
+    assert balancer.pick([a, b]) is b
+    # Integers cross-multiplied: 10**17+1 and 10**17 connections per weight 3 differ,
+    # which float division (3.3333333333333336e16 both) would not see.
+    a.active, b.active = 3 * 10**17 + 1, 10**17
+    assert balancer.pick([a, b]) is b
+    a.active = 3 * 10**17 - 1
+    assert balancer.pick([a, b]) is a
+
+
+def test_least_conn_tie_among_loaded_members_is_a_weighted_round_robin():
+    balancer = WeightedLeastConn([])
+    a, b, c = (Member(MemberConfig(Address("10.0.0.1", p), weight=w)) for p, w in ((1, 2), (2, 1), (3, 1)))
+    a.active, b.active, c.active = 4, 2, 3  # a and b at 2 per weight unit, c at 3
+    picks = [balancer.pick([a, b, c]) for _ in range(300)]  # released at once: loads stay
+    assert Counter(picks) == {a: 200, b: 100}
+    assert all(picks[i : i + 3].count(a) == 2 for i in range(0, 300, 3))
 
 
 def test_least_conn_distribution_with_releases():
@@ -215,6 +273,12 @@ def test_least_conn_weight_zero_only_as_last_resort():
     main.active = 1000
     assert balancer.pick([spare, main]) is main
     assert balancer.pick([spare]) is spare
+    # Only spares left: the least loaded of them, and idle ones take turns.
+    other = Member(MemberConfig(Address("10.0.0.1", 3), weight=0))
+    spare.active = 2
+    assert all(balancer.pick([spare, other]) is other for _ in range(5))
+    spare.active = 0
+    assert Counter(balancer.pick([spare, other]) for _ in range(10)) == {spare: 5, other: 5}
 
 
 # -- max_conns, avoid list, why_unavailable ----------------------------------------------

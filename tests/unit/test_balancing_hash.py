@@ -3,29 +3,16 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 
 import pytest
 
 from wsproxy.balancing import BALANCERS, MaglevHash, Member, Pool
 from wsproxy.balancing.hashing import DEFAULT_TABLE_SIZE, build_table, hash64
 from wsproxy.config import schema
-from wsproxy.config.schema import Address, MemberConfig
+from wsproxy.config.schema import Address, MemberConfig, PoolConfig
 from wsproxy.errors import ConfigError
 
 KEYS = [b"user-%d" % i for i in range(3000)]
-
-
-@dataclass(frozen=True)
-class PoolConfig:
-    """Stand-in with hash_fallback, which schema.PoolConfig may not have yet."""
-
-    name: str
-    members: tuple
-    balance: str = "hash"
-    hash_fallback: str | None = None
-    fail_threshold: int = 3
-    down_time: float = 10.0
 
 
 def make_pool(weights=(1, 1, 1), max_conns=10000, ports=None, **options) -> Pool:
@@ -34,6 +21,7 @@ def make_pool(weights=(1, 1, 1), max_conns=10000, ports=None, **options) -> Pool
         MemberConfig(Address("127.0.0.1", port), weight=w, max_conns=max_conns)
         for port, w in zip(ports, weights)
     )
+    options.setdefault("balance", "hash")
     return Pool(PoolConfig(name="chat", members=members, **options), clock=lambda: 1000.0)
 
 
@@ -55,12 +43,15 @@ def test_hash64_is_blake2b_64():
     assert hash64(b"user-42") == 0x6FA0CA4D7BE6EFA6
 
 
-def test_table_is_full_and_shared_by_weight():
-    table = build_table(["a:1", "b:1", "c:1"], [3, 2, 1], DEFAULT_TABLE_SIZE)
+@pytest.mark.parametrize("weights", [(3, 2, 1), (1, 2, 3, 4), (4, 3, 2, 1), (7, 3), (5, 5, 5, 1)], ids=str)
+def test_table_is_full_and_shared_by_weight(weights):
+    names = ["%s:1" % name for name in "abcdefgh"[: len(weights)]]
+    table = build_table(names, list(weights), DEFAULT_TABLE_SIZE)
     counts = Counter(table)
     assert sum(counts.values()) == DEFAULT_TABLE_SIZE and -1 not in counts
-    for index, weight in enumerate((3, 2, 1)):
-        assert abs(counts[index] - DEFAULT_TABLE_SIZE * weight / 6) <= 1
+    for index, weight in enumerate(weights):
+        # Within one turn of the exact share: the last round of turns stops part way.
+        assert abs(counts[index] - DEFAULT_TABLE_SIZE * weight / sum(weights)) <= 2
 
 
 def test_table_size_must_be_prime():
@@ -92,6 +83,7 @@ def test_down_member_keys_move_to_others_and_come_back():
         PoolConfig(
             name="chat",
             members=tuple(MemberConfig(Address("127.0.0.1", 9001 + i)) for i in range(4)),
+            balance="hash",
             fail_threshold=1,
         ),
         clock=lambda: clock[0],

@@ -44,13 +44,43 @@ def test_lower_load_of_the_two_wins():
     assert all(balancer.pick([a, b]) is b for _ in range(50))
 
 
-def test_load_is_per_weight_and_counts_the_new_connection():
+def test_load_is_active_per_weight():
+    # With two candidates both are always drawn, so only a tie depends on the draw.
     a, b = make_members(4, 1)
     balancer = RandomTwoChoices([a, b], rng=random.Random(3))
-    a.active, b.active = 4, 0  # (4+1)/4 = 1.25 > (0+1)/1 = 1: b
-    assert balancer.pick([a, b]) is b
-    a.active = 2  # (2+1)/4 = 0.75 < 1: a
-    assert balancer.pick([a, b]) is a
+    a.active, b.active = 4, 0  # 4/4 = 1 > 0/1: b
+    assert all(balancer.pick([a, b]) is b for _ in range(50))
+    # An idle member beats any loaded one, whatever the weights: 2/4 > 0/1. (The old
+    # "(active + 1) / weight" load said 3/4 < 1/1 and picked a here.)
+    a.active = 2
+    assert all(balancer.pick([a, b]) is b for _ in range(50))
+    a.active, b.active = 3, 1  # 3/4 < 1/1: a
+    assert all(balancer.pick([a, b]) is a for _ in range(50))
+    a.active, b.active = 5, 1  # 5/4 > 1/1: b
+    assert all(balancer.pick([a, b]) is b for _ in range(50))
+
+
+def test_a_tie_goes_to_the_first_draw_so_ties_follow_weights():
+    a, b = make_members(4, 1)
+    balancer = RandomTwoChoices([a, b], rng=random.Random(3))
+    a.active, b.active = 4, 1  # equal load 1: the first draw (a with 4/5) keeps it
+    counts = Counter(balancer.pick([a, b]) for _ in range(10_000))
+    assert abs(counts[a] / 10_000 - 0.8) <= 0.02
+
+
+def test_idle_members_share_by_weight_not_heaviest_always():
+    # Regression: with "(active + 1) / weight", two idle members are both drawn and the
+    # heavier always won (3:1 gave 100 % / 0 %). Idle members tie; the first draw decides.
+    pool = make_pool(weights=(3, 1))
+    a, b = pool.members
+    counts = Counter()
+    for _ in range(10_000):
+        member = pool.pick()
+        pool.acquire(member)
+        pool.release(member)
+        counts[member] += 1
+    assert abs(counts[a] / 10_000 - 0.75) <= 0.02
+    assert abs(counts[b] / 10_000 - 0.25) <= 0.02
 
 
 def test_the_two_draws_are_distinct():

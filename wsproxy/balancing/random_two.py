@@ -2,14 +2,18 @@
 HAProxy ``random(2)``, Envoy's least request).
 
 Draw two distinct candidates, each with probability proportional to its weight, and keep
-the one with the lower load ``(active + 1) / weight`` (the load after this connection, as in
-least_conn). Why not just least_conn: every worker process keeps its own counters, and with
-several workers a strict minimum sends every worker's next connection to the same member; two
+the one with the lower load ``active / weight``, compared as cross-multiplied integers
+(``a1 * w2 < a2 * w1``: exact, no float rounding), as nginx's ``random two least_conn`` does.
+Why not just least_conn: every worker process keeps its own counters, and with several
+workers a strict minimum sends every worker's next connection to the same member; two
 random choices spread those bursts while still steering away from a loaded member.
 
-A tie goes to the first draw, so equal idle members share the picks by weight instead of
-the first-listed one always winning. Weight 0 means "only when nothing else is left", as in
-least_conn.
+A tie goes to the first draw. With short requests every member is idle at every pick, so
+every pick is a tie and the first draw, which is proportional to weight, decides: the
+picks follow the weights. Comparing the load after this connection, ``(active + 1) /
+weight``, would instead hand every such pick to the heavier of the two (with two members
+both are always drawn, so weights 3:1 would give 100 % / 0 %). Weight 0 means "only when
+nothing else is left", as in least_conn.
 
 The generator is the balancer's own ``random.Random``, seeded with a fixed value so a run can
 be replayed (tests, bug reports), like the other balancers, which are deterministic. Each
@@ -46,8 +50,8 @@ class RandomTwoChoices:
         total = sum(m.weight for m in weighted)
         first = self._draw(weighted, total, skip=None)
         second = self._draw(weighted, total - first.weight, skip=first)
-        if (second.active + 1) * first.weight < (first.active + 1) * second.weight:
-            return second  # cross-multiplied (a+1)/w comparison: exact, no float rounding
+        if second.active * first.weight < first.active * second.weight:
+            return second  # strictly less loaded; a tie keeps the weight-proportional first
         return first
 
     def _draw(self, members: list[Member], total: int, skip: Member | None) -> Member:
