@@ -60,7 +60,11 @@ class FrameError(ProtocolError):
 
 
 class UpstreamError(WsProxyError):
-    def __init__(self, status: int, reason: str) -> None:
+    """No member could take the request: ``status`` is the answer (502/503/504);
+    ``retry_after`` (seconds) goes into a 503's Retry-After header."""
+
+    def __init__(self, status: int, reason: str, retry_after: int | None = None) -> None:
         super().__init__(f"{status}: {reason}")
         self.status = status
         self.reason = reason
+        self.retry_after = retry_after

@@ -71,6 +71,8 @@ def access(fields: dict) -> None:
 
 
 def _access_text(f: dict) -> str:
+    if f.get("kind") == "tcp":
+        return _tcp_text(f)
     parts = [
         f.get("kind", "-"),
         f.get("client") or "-",
@@ -85,6 +87,23 @@ def _access_text(f: dict) -> str:
         parts.append(f"close={f.get('close_code') if f.get('close_code') is not None else '-'}")
         parts.append(f"by={f.get('closed_by') or '-'}")
     parts.append(f"{f.get('duration_ms', 0)}ms")
+    if f.get("pick"):
+        parts.append(f"pick={f['pick']}")
+    if f.get("reason"):
+        parts.append(f'reason="{f["reason"]}"')
+    return "ACCESS " + " ".join(parts)
+
+
+def _tcp_text(f: dict) -> str:
+    parts = [
+        "tcp",
+        f.get("client") or "-",
+        f.get("listener") or "-",
+        f"{f.get('pool') or '-'}/{f.get('member') or '-'}",
+        f"in={f.get('bytes_in', 0)} out={f.get('bytes_out', 0)}",
+        f"by={f.get('closed_by') or '-'}",
+        f"{f.get('duration_ms', 0)}ms",
+    ]
     if f.get("reason"):
         parts.append(f'reason="{f["reason"]}"')
     return "ACCESS " + " ".join(parts)

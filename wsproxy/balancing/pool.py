@@ -6,20 +6,31 @@ connect failures mark a member down for ``down_time``; after that it gets one tr
 connection per ``down_time`` and is up again only when a connect succeeds.
 
 Caller protocol (the I/O shell, one Session):
-    member = pool.pick(avoid=tried, key=k)   # None -> answer 503 with pool.why_unavailable(tried)
-                                             # (k: the request's hash key as bytes, or None)
+    member = pool.pick(avoid=tried, key=k, prefer=p)
+        # k: the request's hash key as bytes, or None; p: the member its sticky cookie names.
+        # None -> pool.can_queue(tried) ? wait in the queue : answer 503 (pool.why_unavailable)
     pool.acquire(member)                     # before connecting, so max_conns counts connects too
     ...connect...  -> pool.connect_ok(member)  or  pool.connect_failed(member) (log if True)
     pool.release(member)                     # when that connection ends, whatever happened
+
+The queue (``queue = { size, timeout }``, HAProxy's backend queue): when every member that
+could take a request is full, the request waits. ``enqueue(deliver, avoid)`` registers a
+callback; ``release`` hands the freed slot straight to the first waiter that may use that
+member (acquired on its behalf, so no newcomer can take the slot in between: the queue is
+FIFO). ``deliver(member)`` returns False when the waiter gave up meanwhile; the slot then
+goes to the next waiter. Timers and futures belong to the shell (proxy/upstream.py).
 """
 
 from __future__ import annotations
 
+import math
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Callable, Collection, Iterable
 
 from wsproxy.balancing import BALANCERS, Balancer
 from wsproxy.balancing.member import DOWN, UP, Member
+from wsproxy.balancing.sticky import StickyCookie
 from wsproxy.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -47,14 +58,19 @@ class Pool:
         self._wants_key: bool = getattr(self.balancer, "wants_key", False)
         self.fallback: Balancer | None = self._fallback_balancer(config) if self._wants_key else None
         self.hash_fallbacks = 0
+        self.sticky: StickyCookie | None = (
+            StickyCookie(config.name, config.persist, self.members) if config.persist is not None else None
+        )
+        self.waiting: deque[_Waiter] = deque()
+        self.queued_total = 0  # requests that had to wait for a slot
+        self.queue_rejects = 0  # 503s: the queue was full, or a wait timed out
         # Optional hooks, looked up once rather than on every acquire/release.
         balancers = (self.balancer, self.fallback)
         self._on_take = _chain(getattr(b, "on_take", None) for b in balancers)
         self._on_drop = _chain(getattr(b, "on_drop", None) for b in balancers)
 
     def _fallback_balancer(self, config: PoolConfig) -> Balancer:
-        # getattr: PoolConfig grows hash_fallback with this feature; older configs lack it.
-        name = getattr(config, "hash_fallback", None) or "least_conn"
+        name = config.hash_fallback
         fallback_class = BALANCERS.get(name)
         if fallback_class is None or getattr(fallback_class, "wants_key", False):
             known = ", ".join(sorted(n for n, c in BALANCERS.items() if not getattr(c, "wants_key", False)))
@@ -66,17 +82,22 @@ class Pool:
 
     # -- choosing -----------------------------------------------------------------------
 
-    def pick(self, avoid: Collection[Member] = (), key: bytes | None = None) -> Member | None:
+    def pick(self, avoid: Collection[Member] = (), key: bytes | None = None,
+             prefer: Member | None = None) -> Member | None:
         """A member for a new connection, or None when none is available.
 
         ``key`` (the request's hash key) is for balance = "hash" and ignored otherwise; None
         there means the request has no key, and ``hash_fallback`` picks instead.
+        ``prefer`` (the member a sticky cookie names) wins when it may take the connection;
+        when it is down, full or already tried, the balancer picks as if it were not given.
         """
         now = self.clock()
         candidates = [m for m in self.members if self._eligible(m, now) and m not in avoid]
         if not candidates:
             return None
-        if not self._wants_key:
+        if prefer is not None and prefer in candidates:
+            member = prefer
+        elif not self._wants_key:
             member = self.balancer.pick(candidates)
         elif key is not None:
             member = self.balancer.pick(candidates, key)  # type: ignore[call-arg]
@@ -145,10 +166,65 @@ class Pool:
 
     def release(self, member: Member) -> None:
         # Never below 0: a double release must not make a member look emptier than it is.
-        if member.active > 0:
+        if member.active <= 0:
+            return
+        member.active -= 1
+        if self._on_drop is not None:
+            self._on_drop(member)
+        if self.waiting and self._eligible(member, self.clock()):
+            self._hand_over(member)
+
+    # -- the queue ----------------------------------------------------------------------
+
+    def can_queue(self, avoid: Collection[Member] = ()) -> bool:
+        """True when waiting makes sense: some member not yet tried is full but in service
+        (a slot will free up), as opposed to every one being down."""
+        now = self.clock()
+        return any(
+            m.active >= m.max_conns and (m.state == UP or (m.state == DOWN and now >= m.down_until))
+            for m in self.members if m not in avoid
+        )
+
+    @property
+    def queue_full(self) -> bool:
+        return len(self.waiting) >= self.config.queue.size
+
+    def enqueue(self, deliver: Callable[[Member], bool], avoid: Collection[Member] = ()) -> _Waiter:
+        """Wait for a slot: ``deliver(member)`` is called with an acquired member, in FIFO order."""
+        waiter = _Waiter(deliver, tuple(avoid))
+        self.waiting.append(waiter)
+        self.queued_total += 1
+        return waiter
+
+    def dequeue(self, waiter: _Waiter) -> None:
+        """The waiter is done (served, timed out or gone); removing twice is harmless."""
+        try:
+            self.waiting.remove(waiter)
+        except ValueError:
+            pass
+
+    def _hand_over(self, member: Member) -> None:
+        for waiter in list(self.waiting):
+            if member in waiter.avoid:
+                continue  # it already failed to connect there; the slot goes to the next one
+            self.waiting.remove(waiter)
+            self.acquire(member)
+            member.picks += 1
+            if waiter.deliver(member):
+                return
+            # The waiter gave up while its wake-up was on its way: undo and try the next.
             member.active -= 1
             if self._on_drop is not None:
                 self._on_drop(member)
+
+    def retry_after(self, avoid: Collection[Member] = ()) -> int:
+        """Seconds for a 503's Retry-After: the next down member's trial, else the queue timeout."""
+        now = self.clock()
+        waits = [m.down_until - now for m in self.members
+                 if m not in avoid and m.state == DOWN and m.down_until > now]
+        if waits and not self.can_queue(avoid):
+            return max(1, math.ceil(min(waits)))
+        return max(1, math.ceil(self.config.queue.timeout))
 
     # -- passive health -----------------------------------------------------------------
 
@@ -179,6 +255,14 @@ class Pool:
 
     def __repr__(self) -> str:
         return f"<Pool {self.name} {self.config.balance} {len(self.members)} members>"
+
+
+class _Waiter:
+    __slots__ = ("deliver", "avoid")
+
+    def __init__(self, deliver: Callable[[Member], bool], avoid: tuple[Member, ...]) -> None:
+        self.deliver = deliver
+        self.avoid = avoid
 
 
 def _chain(hooks: Iterable[Callable[[Member], None] | None]) -> Callable[[Member], None] | None:

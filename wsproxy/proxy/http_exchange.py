@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 
+from wsproxy.balancing.keys import request_key
 from wsproxy.errors import HttpError, UpstreamError
-from wsproxy.protocol import http1
+from wsproxy.protocol import http1, proxy_header
+from wsproxy.protocol.cookies import cookie_value, without_cookie
 from wsproxy.protocol.forwarding import forwarded_headers, strip_hop_by_hop
 from wsproxy.proxy.endpoint import DISCARD
 from wsproxy.proxy.upstream import connect_to_pool
@@ -37,10 +39,17 @@ class ClientGone(Exception):
     pass
 
 
-def request_headers_for_member(session, head, *, upgrade: bool = False) -> list[tuple[str, str]]:
-    """The client's headers, hop-by-hop removed, X-Forwarded-*/Forwarded added."""
+def request_headers_for_member(session, head, *, upgrade: bool = False,
+                               drop_cookie: str | None = None) -> list[tuple[str, str]]:
+    """The client's headers, hop-by-hop removed, X-Forwarded-*/Forwarded added.
+
+    ``drop_cookie``: the sticky cookie, which is the proxy's own and never reaches members
+    (HAProxy's ``cookie ... insert indirect``).
+    """
     ctx = session.ctx
     headers = strip_hop_by_hop(head.headers)
+    if drop_cookie is not None:
+        headers = without_cookie(headers, drop_cookie)
     if head.get("host") is None:
         # HTTP/1.0 allows no Host, but we forward as HTTP/1.1, which requires one (RFC 9112 §3.2).
         headers.insert(0, ("Host", str(session.ctx.config.bind)))
@@ -85,6 +94,11 @@ class HttpExchange:
         self.has_body = head.chunked or bool(head.content_length)
         self.body_attached = False
         self.member_addr: str | None = None
+        self.queued: asyncio.Future | None = None  # waiting for a slot in the pool's queue
+        self.pick: str | None = None  # how the member was chosen, for the access log
+        sticky = pool.sticky
+        # The member the request's sticky cookie names (None: no cookie, forged or stale).
+        self.sticky_member = sticky.member_for(cookie_value(head.headers, sticky.name)) if sticky else None
 
     # -- the exchange -----------------------------------------------------------------
     async def run(self) -> bool:
@@ -94,7 +108,53 @@ class HttpExchange:
         return await self.stream_response()
 
     def member_headers(self) -> list[tuple[str, str]]:
-        return request_headers_for_member(self.session, self.head)
+        return request_headers_for_member(self.session, self.head, drop_cookie=self._sticky_name())
+
+    def _sticky_name(self) -> str | None:
+        return self.pool.sticky.name if self.pool.sticky is not None else None
+
+    def sticky_headers(self) -> list[tuple[str, str]]:
+        """Set-Cookie for a request the balancer placed (no valid cookie, or its member was
+        down or full); with Max-Age, on every response, so the expiry slides."""
+        sticky = self.pool.sticky
+        member = self.up.member if self.up is not None else None
+        if sticky is None or member is None:
+            return []
+        if member is self.sticky_member and sticky.max_age is None:
+            return []
+        return [sticky.header(member, secure=self.session.ctx.proto == "https")]
+
+    def _connect_args(self) -> dict:
+        session, pool = self.session, self.pool
+        cfg = pool.config
+        key = None
+        if cfg.balance == "hash":
+            key = request_key(cfg.hash_key, client_ip=session.client_ip, head=self.head)
+        header = None
+        version = session.cfg.proxy_protocol or cfg.proxy_protocol
+        if version is not None:
+            # peer/local: the client and the address it connected to, as announced by a
+            # trusted front balancer under accept_proxy, else the TCP connection's own.
+            header = proxy_header.build(version, session.ep.peer, session.ep.local)
+        return {"key": key, "prefer": self.sticky_member, "proxy_header": header,
+                "on_queued": self._on_queued}
+
+    def _how_picked(self, key: bytes | None) -> str:
+        """"cookie" (its sticky cookie's member), "queue" (the first slot freed), "hash_fallback"
+        (balance = "hash" but no key), else the pool's balancer."""
+        if self.up.member is self.sticky_member:
+            return "cookie"
+        if self.up.queued:
+            return "queue"
+        balance = self.pool.config.balance
+        return "hash_fallback" if balance == "hash" and key is None else balance
+
+    def _on_queued(self, future: asyncio.Future) -> None:
+        self.queued = future
+        if self.client_gone:
+            future.set_exception(ClientGone())
+        else:
+            self.session.watch_for_hangup()
 
     async def forward_request(self) -> bool:
         """Connect (with retries), send the head, wait for the response head.
@@ -104,12 +164,20 @@ class HttpExchange:
         session = self.session
         cfg = self.pool.config
         reuse = True
+        connect_args = self._connect_args()
         while True:
             try:
-                self.up = await connect_to_pool(self.pool, session.ctx.state.idle, reuse=reuse)
+                self.up = await connect_to_pool(self.pool, session.ctx.state.idle, reuse=reuse, **connect_args)
             except UpstreamError as exc:
-                self._fail(exc.status, exc.reason)
+                extra = (("Retry-After", str(exc.retry_after)),) if exc.retry_after and exc.status == 503 else ()
+                self._fail(exc.status, exc.reason, extra_headers=extra)
                 return False
+            except ClientGone:
+                self._log(None, "client closed while the request waited in the queue")
+                return False
+            finally:
+                self.queued = None
+            self.pick = self._how_picked(connect_args["key"])
             if self.client_gone:
                 self._finish_upstream(reusable=False)
                 self._log(None, "client closed before the request was sent")
@@ -189,7 +257,9 @@ class HttpExchange:
         self.pool.release(up.member)
         ep = up.endpoint
         self.client.resume_reading(_UPSTREAM)
-        if reusable and not ep.closed and not self.session.ctx.state.draining:
+        # A connection that began with a PROXY header names this client: never park it.
+        private = self.session.cfg.proxy_protocol or self.pool.config.proxy_protocol
+        if reusable and not private and not ep.closed and not self.session.ctx.state.draining:
             cfg = self.pool.config
             self.session.ctx.state.idle.put(up.member.addr, ep, cfg.keepalive_conns, cfg.keepalive_timeout)
         else:
@@ -197,14 +267,14 @@ class HttpExchange:
             ep.abort()
         self.up = None
 
-    def _fail(self, status: int, reason: str) -> None:
+    def _fail(self, status: int, reason: str, extra_headers=()) -> None:
         self.session.fail(status, reason, head=self.head, route=self.route, pool=self.pool.name,
-                          member=self.member_addr, started=self.started)
+                          member=self.member_addr, started=self.started, extra_headers=extra_headers)
 
     def _log(self, status, reason) -> None:
         self.session.log_http(self.head, status, route=self.route, pool=self.pool.name, member=self.member_addr,
                               reason=reason, bytes_in=self.bytes_in, bytes_out=self.bytes_out,
-                              started=self.started)
+                              started=self.started, pick=self.pick)
 
     # -- client side: body events and transport callbacks -------------------------------
     def client_event(self, ev) -> None:
@@ -227,7 +297,7 @@ class HttpExchange:
 
     def _client_gone(self) -> None:
         self.client_gone = True
-        for fut in (self.head_future, self.done_future):
+        for fut in (self.queued, self.head_future, self.done_future):
             if fut is not None and not fut.done():
                 fut.set_exception(ClientGone())
                 fut.exception()  # mark retrieved: only one of them is awaited
@@ -305,6 +375,7 @@ class HttpExchange:
             headers.append(("Connection", "close"))
         elif not client_11:
             headers.append(("Connection", "keep-alive"))
+        headers += self.sticky_headers()
         self._to_client(http1.serialize_response_head(rh.status, rh.reason, headers))
         if not self.head_future.done():
             self.head_future.set_result(rh)

@@ -147,6 +147,11 @@ class ClientSession:
         self.raw.clear()
         return data
 
+    def watch_for_hangup(self) -> None:
+        """While the request waits for a member (the pool's queue), read on, so that a client
+        that hangs up is noticed (its EOF ends the wait); more pipelined data pauses again."""
+        self.ep.resume_reading(_QUEUE)
+
     def _maybe_resume(self) -> None:
         if not self.queue:
             self.ep.resume_reading(_QUEUE)
@@ -259,7 +264,7 @@ class ClientSession:
         self.ep.linger_close()
 
     def log_http(self, head, status, *, route=None, pool=None, member=None, reason=None,
-                 bytes_in=0, bytes_out=0, started=None) -> None:
+                 bytes_in=0, bytes_out=0, started=None, pick=None) -> None:
         access({
             "kind": "http",
             "client": self.ep.address,
@@ -267,6 +272,7 @@ class ClientSession:
             "route": route.label if route is not None else None,
             "pool": pool,
             "member": member,
+            "pick": pick,
             "method": head.method if head is not None else None,
             "path": head.target if head is not None else None,
             "status": status,

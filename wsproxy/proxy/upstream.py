@@ -66,54 +66,72 @@ class IdleConnections:
                 ep.close()
 
 
-async def open_connection(member, timeout: float) -> Endpoint:
+async def open_connection(member, timeout: float, proxy_header: bytes | None = None, sink=None) -> Endpoint:
     loop = asyncio.get_running_loop()
     host, port = member.addr.host, member.addr.port
     _transport, ep = await asyncio.wait_for(
-        loop.create_connection(lambda: Endpoint(DISCARD), host, port), timeout
+        loop.create_connection(lambda: Endpoint(sink or DISCARD), host, port), timeout
     )
+    if proxy_header:
+        ep.write(proxy_header)  # before anything else on this connection
     return ep
 
 
 class Upstream:
     """A member connection lent to one request or one WebSocket session."""
 
-    __slots__ = ("pool", "member", "endpoint", "reused", "attempts")
+    __slots__ = ("pool", "member", "endpoint", "reused", "attempts", "queued")
 
-    def __init__(self, pool, member, endpoint: Endpoint, reused: bool, attempts: int) -> None:
+    def __init__(self, pool, member, endpoint: Endpoint, reused: bool, attempts: int,
+                 queued: bool = False) -> None:
         self.pool = pool
         self.member = member
         self.endpoint = endpoint
         self.reused = reused
         self.attempts = attempts
+        self.queued = queued  # it waited in the pool's queue for a slot
 
 
-async def connect_to_pool(pool, idle: IdleConnections | None, *, reuse: bool = True) -> Upstream:
-    """Pick a member, connect, retry on another member; the member is acquired on return.
+async def connect_to_pool(pool, idle: IdleConnections | None, *, reuse: bool = True, key: bytes | None = None,
+                          prefer=None, proxy_header: bytes | None = None, on_queued=None,
+                          sink=None) -> Upstream:
+    """Pick a member (waiting in the queue when all are full), connect, retry on another member.
 
-    The caller must ``pool.release(upstream.member)`` when done with it.
+    The member is acquired on return; the caller must ``pool.release(upstream.member)`` when
+    done with it. ``key``/``prefer``: see Pool.pick. ``proxy_header`` is written first on a new
+    connection (and a parked one is never reused then: it carried another client's header).
+    ``on_queued(future)`` is called if the request has to wait: the caller may set an
+    exception on that future to stop waiting (its client went away). ``sink``: the new
+    endpoint's first sink (default DISCARD), for members that may speak first (tcp).
     """
     cfg = pool.config
     avoid: list = []
     failures: list[str] = []
-    for attempt in range(1 + cfg.retries):
-        member = pool.pick(avoid)
-        if member is None:
+    queued = False
+    attempt = 0
+    while attempt < 1 + cfg.retries:
+        member = pool.pick(avoid, key=key, prefer=prefer)
+        if member is not None:
+            pool.acquire(member)
+        elif pool.can_queue(avoid) and cfg.queue.size > 0:
+            member = await _wait_for_slot(pool, avoid, on_queued)  # acquired for us
+            queued = True
+        else:
             break
-        pool.acquire(member)
-        if reuse and idle is not None:
+        attempt += 1
+        if reuse and idle is not None and proxy_header is None:
             ep = idle.get(member.addr)
             if ep is not None:
-                return Upstream(pool, member, ep, True, attempt + 1)
+                return Upstream(pool, member, ep, True, attempt, queued)
         try:
-            ep = await open_connection(member, cfg.connect_timeout)
+            ep = await open_connection(member, cfg.connect_timeout, proxy_header, sink)
         except (OSError, asyncio.TimeoutError) as exc:
             pool.release(member)
             why = "connect timeout" if isinstance(exc, asyncio.TimeoutError) else (exc.strerror or str(exc))
             failures.append(f"{member.addr}: {why}")
             marked_down = pool.connect_failed(member)
             event(logging.WARNING, "member connect failed", pool=pool.name, member=str(member.addr),
-                  error=why, attempt=attempt + 1)
+                  error=why, attempt=attempt)
             if marked_down:
                 event(logging.WARNING, "member marked down", pool=pool.name, member=str(member.addr),
                       fail_streak=member.fail_streak, retry_in_s=cfg.down_time)
@@ -123,7 +141,49 @@ async def connect_to_pool(pool, idle: IdleConnections | None, *, reuse: bool = T
             pool.release(member)
             raise
         pool.connect_ok(member)
-        return Upstream(pool, member, ep, False, attempt + 1)
+        return Upstream(pool, member, ep, False, attempt, queued)
     if failures:
         raise UpstreamError(502, "could not connect to pool %s: %s" % (pool.name, "; ".join(failures)))
-    raise UpstreamError(503, "no member available in pool %s: %s" % (pool.name, pool.why_unavailable()))
+    if pool.can_queue(avoid) and cfg.queue.size > 0:
+        pool.queue_rejects += 1
+        raise UpstreamError(503, "the queue of pool %s is full (%d waiting)" % (pool.name, len(pool.waiting)),
+                            retry_after=pool.retry_after(avoid))
+    raise UpstreamError(503, "no member available in pool %s: %s" % (pool.name, pool.why_unavailable(avoid)),
+                        retry_after=pool.retry_after(avoid))
+
+
+async def _wait_for_slot(pool, avoid, on_queued):
+    """Wait in the pool's FIFO queue until ``release`` hands us an acquired member."""
+    cfg = pool.config.queue
+    if pool.queue_full:
+        pool.queue_rejects += 1
+        raise UpstreamError(503, "the queue of pool %s is full (%d waiting)" % (pool.name, len(pool.waiting)),
+                            retry_after=pool.retry_after(avoid))
+    granted = asyncio.get_running_loop().create_future()
+
+    def deliver(member) -> bool:
+        if granted.done():  # timed out or the client left: the slot goes to the next waiter
+            return False
+        granted.set_result(member)
+        return True
+
+    waiter = pool.enqueue(deliver, avoid)
+    if on_queued is not None:
+        on_queued(granted)
+    taken = False
+    try:
+        async with asyncio.timeout(cfg.timeout):
+            member = await granted
+        taken = True
+        return member
+    except TimeoutError:
+        pool.queue_rejects += 1
+        raise UpstreamError(503, "waited %gs in the queue of pool %s: %s"
+                            % (cfg.timeout, pool.name, pool.why_unavailable(avoid)),
+                            retry_after=pool.retry_after(avoid)) from None
+    finally:
+        pool.dequeue(waiter)
+        if not taken and granted.done() and not granted.cancelled() and granted.exception() is None:
+            pool.release(granted.result())  # handed a slot as we gave up: pass it on
+        elif not granted.done():
+            granted.cancel()

@@ -28,7 +28,7 @@ class WebSocketExchange(HttpExchange):
         self.keep_alive = False  # the client's parser stopped at the upgrade head
 
     def member_headers(self) -> list[tuple[str, str]]:
-        return request_headers_for_member(self.session, self.head, upgrade=True)
+        return request_headers_for_member(self.session, self.head, upgrade=True, drop_cookie=self._sticky_name())
 
     async def run(self) -> bool:
         head, route = self.head, self.route
@@ -58,6 +58,7 @@ class WebSocketExchange(HttpExchange):
     async def _relay(self, rh) -> None:
         headers = strip_hop_by_hop(rh.headers)
         headers += [("Upgrade", "websocket"), ("Connection", "Upgrade")]
+        headers += self.sticky_headers()
         self._to_client(http1.serialize_response_head(101, rh.reason or "Switching Protocols", headers))
         cfg = self.pool.config
         route = self.route
@@ -86,6 +87,7 @@ class WebSocketExchange(HttpExchange):
             "route": self.route.label,
             "pool": self.pool.name,
             "member": self.member_addr,
+            "pick": self.pick,
             "method": self.head.method,
             "path": self.head.target,
             "status": 101,
