@@ -17,7 +17,9 @@ from wsproxy.logs import ACCESS, event, setup_logging
 from wsproxy.protocol.forwarding import TrustedProxies
 from wsproxy.proxy.context import ListenerContext, ProxyState
 from wsproxy.proxy.endpoint import Endpoint
+from wsproxy.proxy.proxy_accept import ProxyAccept
 from wsproxy.proxy.session import ClientSession
+from wsproxy.proxy.tcp import TcpSession
 from wsproxy.proxy.upstream import IdleConnections
 from wsproxy.routing import Router
 
@@ -41,12 +43,19 @@ class _ClientEndpoint(Endpoint):
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
-        if self.ctx.state.draining:
+        ctx = self.ctx
+        if ctx.state.draining:
             transport.abort()
             return
-        session = ClientSession(self.ctx, self)
-        self.sink = session
-        session.start()
+        # mode = "http": HTTP/1.1 + WebSocket (session.py); mode = "tcp": layer 4 (tcp.py)
+        make_session = TcpSession if ctx.config.mode == "tcp" else ClientSession
+        if ctx.config.accept_proxy:
+            # A PROXY header first (from trusted peers), then the session: proxy_accept.py.
+            first = ProxyAccept(ctx, self, make_session)
+        else:
+            first = make_session(ctx, self)
+        self.sink = first
+        first.start()
 
 
 class App:
@@ -108,6 +117,10 @@ async def serve(config, *, extra_startup=None) -> None:
     """
     app = App(config)
     await app.start()
+    for pool in app.pools.values():
+        if pool.sticky is not None and pool.sticky.generated_secret:
+            event(logging.WARNING, "persist cookie secret generated at random: set persist.secret so sticky "
+                  "sessions survive a restart", pool=pool.name, cookie=pool.sticky.name)
     cleanup = await extra_startup() if extra_startup is not None else None
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

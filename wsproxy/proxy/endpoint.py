@@ -21,12 +21,18 @@ import asyncio
 
 
 class Endpoint(asyncio.Protocol):
-    __slots__ = ("transport", "sink", "peer", "closed", "lingering", "_pause_reasons")
+    __slots__ = ("transport", "sink", "peer", "real_peer", "local", "closed", "lingering", "_pause_reasons")
 
     def __init__(self, sink=None) -> None:
         self.transport: asyncio.Transport | None = None
         self.sink = sink
+        # The client address everything else uses (X-Forwarded-For, logs, source_ip hashing):
+        # the TCP peer, or the address a trusted PROXY header announced (proxy_accept.py).
         self.peer: tuple[str, int] | None = None
+        self.real_peer: tuple[str, int] | None = None  # always the TCP peer
+        # Our own address on this connection (the address the client connected to), or
+        # the destination a trusted PROXY header announced; the ``dst`` of PROXY headers we send.
+        self.local: tuple[str, int] | None = None
         self.closed = False  # close()/abort() called or connection lost
         self.lingering = False  # linger_close() called: close() waits for the peer
         self._pause_reasons: set[str] = set()
@@ -35,7 +41,9 @@ class Endpoint(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         peer = transport.get_extra_info("peername")
-        self.peer = (peer[0], peer[1]) if peer else ("-", 0)
+        self.peer = self.real_peer = (peer[0], peer[1]) if peer else ("-", 0)
+        local = transport.get_extra_info("sockname")
+        self.local = (local[0], local[1]) if isinstance(local, tuple) and len(local) >= 2 else None
 
     def data_received(self, data: bytes) -> None:
         self.sink.on_data(self, data)
