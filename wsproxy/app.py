@@ -17,6 +17,7 @@ from wsproxy.logs import ACCESS, event, setup_logging
 from wsproxy.protocol.forwarding import TrustedProxies
 from wsproxy.proxy.context import ListenerContext, ProxyState
 from wsproxy.proxy.endpoint import Endpoint
+from wsproxy.proxy.idle import IdleSweeper
 from wsproxy.proxy.proxy_accept import ProxyAccept
 from wsproxy.proxy.session import ClientSession
 from wsproxy.proxy.tcp import TcpSession
@@ -61,7 +62,7 @@ class _ClientEndpoint(Endpoint):
 class App:
     def __init__(self, config) -> None:
         self.config = config
-        self.state = ProxyState(idle=IdleConnections())
+        self.state = ProxyState(idle=IdleConnections(), sweeper=IdleSweeper())
         self.pools = {name: Pool(cfg) for name, cfg in config.pools.items()}
         self.contexts = {
             name: ListenerContext(
@@ -107,6 +108,7 @@ class App:
                 event(logging.WARNING, "grace period over: connections cut", count=len(pending))
                 await asyncio.wait(pending, timeout=1.0)
         self.state.idle.close_all()
+        self.state.sweeper.close()
 
 
 async def serve(config, *, extra_startup=None) -> None:

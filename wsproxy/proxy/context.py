@@ -14,6 +14,7 @@ class ProxyState:
     """The running proxy's mutable state that sessions see: live sessions, draining flag."""
 
     idle: object  # upstream.IdleConnections
+    sweeper: object = None  # idle.IdleSweeper: the WebSocket idle timeouts
     sessions: set = field(default_factory=set)
     draining: bool = False
 

@@ -21,7 +21,7 @@ import asyncio
 
 
 class Endpoint(asyncio.Protocol):
-    __slots__ = ("transport", "sink", "peer", "real_peer", "local", "closed", "lingering", "_pause_reasons")
+    __slots__ = ("transport", "sink", "peer", "real_peer", "_local", "closed", "lingering", "_pause_reasons")
 
     def __init__(self, sink=None) -> None:
         self.transport: asyncio.Transport | None = None
@@ -32,18 +32,31 @@ class Endpoint(asyncio.Protocol):
         self.real_peer: tuple[str, int] | None = None  # always the TCP peer
         # Our own address on this connection (the address the client connected to), or
         # the destination a trusted PROXY header announced; the ``dst`` of PROXY headers we send.
-        self.local: tuple[str, int] | None = None
+        self._local: tuple[str, int] | None = None
         self.closed = False  # close()/abort() called or connection lost
         self.lingering = False  # linger_close() called: close() waits for the peer
-        self._pause_reasons: set[str] = set()
+        # A set only while paused (None otherwise): an idle connection should not carry one.
+        self._pause_reasons: set[str] | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport) -> None:
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = self.real_peer = (peer[0], peer[1]) if peer else ("-", 0)
-        local = transport.get_extra_info("sockname")
-        self.local = (local[0], local[1]) if isinstance(local, tuple) and len(local) >= 2 else None
+
+    @property
+    def local(self) -> tuple[str, int] | None:
+        """Our address on this connection (or the one a trusted PROXY header announced).
+        Read on demand: most connections never need it, and an idle one should not pay for it."""
+        if self._local is None and self.transport is not None:
+            local = self.transport.get_extra_info("sockname")
+            if isinstance(local, tuple) and len(local) >= 2:
+                self._local = (local[0], local[1])
+        return self._local
+
+    @local.setter
+    def local(self, value: tuple[str, int] | None) -> None:
+        self._local = value
 
     def data_received(self, data: bytes) -> None:
         self.sink.on_data(self, data)
@@ -73,19 +86,26 @@ class Endpoint(asyncio.Protocol):
             self.transport.write(data)
 
     def pause_reading(self, reason: str) -> None:
-        if not self._pause_reasons and not self.closed:
-            self.transport.pause_reading()
-        self._pause_reasons.add(reason)
+        reasons = self._pause_reasons
+        if reasons is None:
+            if not self.closed:
+                self.transport.pause_reading()
+            self._pause_reasons = {reason}
+        else:
+            reasons.add(reason)
 
     def resume_reading(self, reason: str) -> None:
-        if reason in self._pause_reasons:
-            self._pause_reasons.discard(reason)
-            if not self._pause_reasons and not self.closed:
-                self.transport.resume_reading()
+        reasons = self._pause_reasons
+        if reasons is not None and reason in reasons:
+            reasons.discard(reason)
+            if not reasons:
+                self._pause_reasons = None
+                if not self.closed:
+                    self.transport.resume_reading()
 
     def resume_all_reading(self) -> None:
-        if self._pause_reasons:
-            self._pause_reasons.clear()
+        if self._pause_reasons is not None:
+            self._pause_reasons = None
             if not self.closed:
                 self.transport.resume_reading()
 

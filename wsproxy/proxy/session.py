@@ -64,6 +64,7 @@ class ClientSession:
         self.handler = None  # current exchange or relay (gets pause/resume/lost callbacks)
         self.client_ip = endpoint.peer[0]
         self.task: asyncio.Task | None = None
+        self.handed_off = False  # a WebSocket relay owns the client connection now
 
     # -- sink for the client endpoint (HTTP phase) --------------------------------------
     def on_data(self, ep, data: bytes) -> None:
@@ -147,6 +148,13 @@ class ClientSession:
         self.raw.clear()
         return data
 
+    def hand_off(self, relay) -> None:
+        """After a 101: the relay owns the client connection; the session ends without
+        closing it, and the parser's state is freed now."""
+        self.handed_off = True
+        self.handler = relay
+        self.parser = None
+
     def watch_for_hangup(self) -> None:
         """While the request waits for a member (the pool's queue), read on, so that a client
         that hangs up is noticed (its EOF ends the wait); more pipelined data pauses again."""
@@ -193,7 +201,8 @@ class ClientSession:
         except Exception:
             logging.getLogger("wsproxy").exception("session failed: client %s", self.ep.address)
         finally:
-            self.ep.close()
+            if not self.handed_off:
+                self.ep.close()
             self.ctx.state.sessions.discard(self)
 
     async def _read_head(self):

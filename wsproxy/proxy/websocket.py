@@ -52,54 +52,68 @@ class WebSocketExchange(HttpExchange):
             self._finish_upstream(reusable=False)
             self._fail(502, "member %s: %s" % (self.member_addr, exc.reason))
             return False
-        await self._relay(rh)
+        self._start_relay(rh)
         return False
 
-    async def _relay(self, rh) -> None:
+    def _start_relay(self, rh) -> None:
+        """Send the 101 and hand both connections to a WsRelay that lives on its own.
+
+        The session, this exchange, the parsers and the heads are dropped once this returns
+        (the session task ends): an idle WebSocket then costs only the relay, its two
+        endpoints and the strings of its access-log line.
+        """
         headers = strip_hop_by_hop(rh.headers)
         headers += [("Upgrade", "websocket"), ("Connection", "Upgrade")]
         headers += self.sticky_headers()
         self._to_client(http1.serialize_response_head(101, rh.reason or "Switching Protocols", headers))
         cfg = self.pool.config
         route = self.route
+        session = self.session
         relay = WsRelay(
             self.client,
             self.up.endpoint,
             mode=route.relay or cfg.relay,
             rsv=negotiated_rsv(rh),
             idle_timeout=route.ws_idle_timeout if route.ws_idle_timeout is not None else cfg.ws_idle_timeout,
+            sweeper=session.ctx.state.sweeper,
         )
-        self.session.handler = relay
-        relay.start(self.session.take_raw(), bytes(self.member_leftover), client_eof=self.session.eof)
+        session.hand_off(relay)
+        relay.start(session.take_raw(), bytes(self.member_leftover), client_eof=session.eof)
         self.member_leftover.clear()
-        try:
-            await relay.done
-        finally:
-            self.pool.release(self.up.member)
-            self.up = None
-            self._log_ws(relay)
-
-    def _log_ws(self, relay: WsRelay) -> None:
-        access({
+        pool, member = self.pool, self.up.member
+        self.up = None
+        line = {
             "kind": "ws",
             "client": self.client.address,
-            "listener": self.session.cfg.name,
-            "route": self.route.label,
-            "pool": self.pool.name,
+            "listener": session.cfg.name,
+            "route": route.label,
+            "pool": pool.name,
             "member": self.member_addr,
             "pick": self.pick,
             "method": self.head.method,
             "path": self.head.target,
             "status": 101,
-            "bytes_in": relay.bytes_in,
-            "bytes_out": relay.bytes_out + self.bytes_out,
-            "frames_in": relay.c2u.frames if relay.c2u is not None else None,
-            "frames_out": relay.u2c.frames if relay.u2c is not None else None,
-            "duration_ms": round((time.monotonic() - self.started) * 1000, 1),
-            "close_code": relay.close_code,
-            "closed_by": relay.closed_by,
-            "reason": relay.reason,
-        })
+        }
+        head_bytes, started = self.bytes_out, self.started
+        sessions = session.ctx.state.sessions
+        sessions.add(relay)  # shutdown reaches it there (relay.shutdown, relay.task, relay.ep)
+
+        def finished(_done) -> None:
+            sessions.discard(relay)
+            pool.release(member)
+            access({
+                **line,
+                "bytes_in": relay.bytes_in,
+                "bytes_out": relay.bytes_out + head_bytes,
+                "frames_in": relay.c2u.frames if relay.c2u is not None else None,
+                "frames_out": relay.u2c.frames if relay.u2c is not None else None,
+                "duration_ms": round((time.monotonic() - started) * 1000, 1),
+                "close_code": relay.close_code,
+                "closed_by": relay.closed_by,
+                "reason": relay.reason,
+            })
+
+        relay.done.add_done_callback(finished)
 
     # -- member side during the handshake --------------------------------------------
     def _switching(self, rh) -> None:
