@@ -14,18 +14,21 @@ NO_EXTENSIONS = bool(os.environ.get("WSPROXY_NO_EXTENSIONS"))
 if TYPE_CHECKING or NO_EXTENSIONS:
     from wsproxy.protocol.frames import FrameTracker
     from wsproxy.protocol.mask import apply_mask
+    from wsproxy.protocol.relay_core import RelayCore
 
     IMPLEMENTATION = "py"
 else:
     try:
         from wsproxy._ext.frames import FrameTracker
         from wsproxy._ext.mask import apply_mask
+        from wsproxy._ext.relay_core import RelayCore
 
         IMPLEMENTATION = "c"
     except ImportError:  # not built (source checkout, or a failed optional build)
         from wsproxy.protocol.frames import FrameTracker
         from wsproxy.protocol.mask import apply_mask
+        from wsproxy.protocol.relay_core import RelayCore
 
         IMPLEMENTATION = "py"
 
-__all__ = ["FrameTracker", "apply_mask", "IMPLEMENTATION", "NO_EXTENSIONS"]
+__all__ = ["FrameTracker", "RelayCore", "apply_mask", "IMPLEMENTATION", "NO_EXTENSIONS"]

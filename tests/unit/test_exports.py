@@ -14,11 +14,12 @@ import pytest
 from wsproxy import _speedups
 from wsproxy.protocol import frames as py_frames
 from wsproxy.protocol import mask as py_mask
+from wsproxy.protocol import relay_core as py_relay_core
 
 ROOT = Path(__file__).parents[2]
 # Which names each compiled module accelerates; the pure module has them all and more.
-ACCELERATED = {"mask": {"apply_mask"}, "frames": {"FrameTracker"}}
-PURE = {"mask": py_mask, "frames": py_frames}
+ACCELERATED = {"mask": {"apply_mask"}, "frames": {"FrameTracker"}, "relay_core": {"RelayCore"}}
+PURE = {"mask": py_mask, "frames": py_frames, "relay_core": py_relay_core}
 
 
 @pytest.fixture(params=sorted(ACCELERATED))
@@ -79,7 +80,8 @@ def test_stub_declares_the_compiled_api(pair):
     for node in tree.body:
         if isinstance(node, ast.ClassDef):
             methods = [n for n in node.body if isinstance(n, ast.FunctionDef)]
-            members = {n.name for n in methods if not n.name.startswith("_")}
+            fields = [n.target.id for n in node.body if isinstance(n, ast.AnnAssign)]
+            members = {n.name for n in methods if not n.name.startswith("_")} | set(fields)
             assert members == public(getattr(compiled, node.name))
 
 
@@ -87,15 +89,17 @@ def test_speedups_selects_the_compiled_build_when_present(pair):
     assert _speedups.IMPLEMENTATION == "c"
     assert _speedups.FrameTracker.__module__ == "wsproxy._ext.frames"
     assert _speedups.apply_mask.__module__ == "wsproxy._ext.mask"
+    assert _speedups.RelayCore.__module__ == "wsproxy._ext.relay_core"
 
 
 def test_no_extensions_env_forces_the_pure_build():
     env = {**os.environ, "WSPROXY_NO_EXTENSIONS": "1"}
     code = (
         "from wsproxy import _speedups as s; "
-        "print(s.IMPLEMENTATION, s.FrameTracker.__module__, s.apply_mask.__module__)"
+        "print(s.IMPLEMENTATION, s.FrameTracker.__module__, s.apply_mask.__module__, s.RelayCore.__module__)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True
     )
-    assert out.stdout.split() == ["py", "wsproxy.protocol.frames", "wsproxy.protocol.mask"]
+    assert out.stdout.split() == ["py", "wsproxy.protocol.frames", "wsproxy.protocol.mask",
+                                  "wsproxy.protocol.relay_core"]

@@ -30,52 +30,37 @@ from wsproxy import _speedups
 from wsproxy.errors import FrameError
 from wsproxy.logs import event
 from wsproxy.protocol.frames import OP_CLOSE, FrameReader, build_close, build_frame
+from wsproxy.protocol.relay_core import LEG_BOTH, LEG_CLIENT, LEG_MEMBER
 
 LINGER = 2.0  # seconds a shut leg waits for its peer to close
 CLIENT = "client"
 MEMBER = "member"
 PROXY = "proxy"
-_C, _M, _BOTH = 1, 2, 3  # leg bits
+_C, _M, _BOTH = LEG_CLIENT, LEG_MEMBER, LEG_BOTH  # leg bits of ended/shut/gone
 
 
-class WsRelay:
+class WsRelay(_speedups.RelayCore):
+    """The relay of one upgraded connection. The per-read data path (``on_data``, the
+    backpressure callbacks, flags and counters) is RelayCore's, in C when built
+    (``wsproxy/_ext/relay_core``) or its pure twin; the rare events are here."""
+
     __slots__ = (
-        "client", "member", "loop", "track", "c2u", "u2c", "done", "bytes_in", "bytes_out",
-        "close_code", "closed_by", "reason", "client_sent_close", "member_sent_close",
-        "closed_to_client", "closed_to_member", "c2u_broken", "answer", "rsv", "u2c_broken",
-        "shut", "ended", "gone", "idle_timeout", "activity", "idle_since", "sweeper",
-        "linger_handles",
+        "loop", "done", "close_code", "closed_by", "reason", "rsv", "idle_timeout", "idle_since",
+        "sweeper", "linger_handles",
     )
 
     def __init__(self, client, member, *, mode: str, rsv: int, idle_timeout: float, sweeper=None) -> None:
-        self.client = client
-        self.member = member
-        self.loop = asyncio.get_running_loop()
-        self.track = mode == "track"
+        track = mode == "track"
         FrameTracker = _speedups.FrameTracker
-        self.c2u = FrameTracker(True, rsv) if self.track else None
-        self.u2c = FrameTracker(False, rsv) if self.track else None
+        super().__init__(client, member, FrameTracker(True, rsv) if track else None,
+                         FrameTracker(False, rsv) if track else None)
+        self.loop = asyncio.get_running_loop()
         self.done = self.loop.create_future()
-        self.bytes_in = 0  # from the client
-        self.bytes_out = 0  # to the client
         self.close_code: int | None = None  # the first Close of the session (1006: none, TCP gone)
         self.closed_by: str | None = None
         self.reason: str | None = None
-        self.client_sent_close = False  # Close frames seen, per sender
-        self.member_sent_close = False
-        self.closed_to_client = False  # a Close frame was written towards the client
-        self.closed_to_member = False
-        self.c2u_broken = False  # a violation made the stream unreadable
-        self.answer = None  # (FrameReader, code, reason) while the member answers a violation
         self.rsv = rsv
-        self.u2c_broken = False
-        # Per-leg flags, as bits (_C = client, _M = member): ints, not sets, because an idle
-        # WebSocket's memory is mostly this object (see benchmarks: RSS per idle WebSocket).
-        self.shut = 0  # legs we sent a FIN to
-        self.ended = 0  # legs whose peer sent EOF or was lost
-        self.gone = 0  # legs whose connection is lost
         self.idle_timeout = idle_timeout
-        self.activity = True
         self.idle_since = 0.0  # loop time of the sweep that found no activity
         self.sweeper = sweeper  # proxy/idle.py: checks `activity` for the idle timeout
         self.linger_handles: list[asyncio.TimerHandle] = []
@@ -103,9 +88,9 @@ class WsRelay:
         self.client.sink = self
         self.member.sink = self
         if member_data:
-            self._from_member(member_data)
+            self.on_data(self.member, member_data)
         if client_data:
-            self._from_client(client_data)
+            self.on_data(self.client, client_data)
         self.client.resume_all_reading()
         self.member.resume_all_reading()
         if self.idle_timeout > 0 and self.sweeper is not None:
@@ -131,60 +116,6 @@ class WsRelay:
             for h in self.linger_handles:
                 h.cancel()
             self.done.set_result(None)
-
-    # -- data ---------------------------------------------------------------------------
-    def on_data(self, ep, data: bytes) -> None:
-        if ep is self.client:
-            self._from_client(data)
-        else:
-            self._from_member(data)
-
-    def _from_client(self, data: bytes) -> None:
-        self.activity = True
-        tracker = self.c2u
-        if tracker is not None:
-            if self.c2u_broken:
-                return  # unreadable after a violation: nothing more is forwarded
-            try:
-                tracker.feed(data)
-            except FrameError as exc:
-                self._client_violation(exc, data)
-                return
-            if not self.client_sent_close and tracker.close_code != -1:
-                self.client_sent_close = True
-                self._first_close(CLIENT, tracker.close_code)
-        if not self.closed_to_member and not self.ended & _M:
-            self.bytes_in += len(data)
-            self.member.write(data)
-            if self.client_sent_close:
-                self.closed_to_member = True
-        if self.client_sent_close and self.closed_to_client:
-            self._shut(self.client)  # the client leg's closing handshake is complete
-
-    def _from_member(self, data: bytes) -> None:
-        self.activity = True
-        if self.answer is not None:
-            self._member_answer(data)
-            return
-        tracker = self.u2c
-        if tracker is not None:
-            if self.u2c_broken:
-                return
-            try:
-                tracker.feed(data)
-            except FrameError as exc:
-                self._member_violation(exc, data)
-                return
-            if not self.member_sent_close and tracker.close_code != -1:
-                self.member_sent_close = True
-                self._first_close(MEMBER, tracker.close_code)
-        if not self.closed_to_client and not self.ended & _C:
-            self.bytes_out += len(data)
-            self.client.write(data)
-            if self.member_sent_close:
-                self.closed_to_client = True
-        if self.closed_to_client and (self.client_sent_close or self.c2u_broken):
-            self._shut(self.client)
 
     # -- injected Close frames -------------------------------------------------------
     def _close_client(self, code: int, reason: str, at_boundary: bool | None = None) -> bool:
@@ -341,13 +272,6 @@ class WsRelay:
             self.closed_to_client = True
         self._shut(self.client)
         self._shut(self.member)
-
-    # -- flow control ------------------------------------------------------------------
-    def on_pause_writing(self, ep) -> None:
-        (self.member if ep is self.client else self.client).pause_reading("peer")
-
-    def on_resume_writing(self, ep) -> None:
-        (self.member if ep is self.client else self.client).resume_reading("peer")
 
     # -- timers and operator actions --------------------------------------------------
     def idle_tick(self, now: float) -> None:
