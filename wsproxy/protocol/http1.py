@@ -66,21 +66,33 @@ _NO_BODY_STATUSES = frozenset({204, 304})
 
 
 class _HeaderLookup:
+    """Case-insensitive header lookups. A parsed head carries ``names``, its header names
+    already lowercased (a request is asked for a dozen headers before it is forwarded);
+    a head built by hand has none, and its names are lowercased at each lookup."""
+
     __slots__ = ()
     headers: Headers
+    names: tuple[str, ...]
+
+    def _lowered(self) -> tuple[str, ...] | list[str]:
+        names = self.names
+        if len(names) != len(self.headers):
+            return [key.lower() for key, _ in self.headers]
+        return names
 
     def get(self, name: str) -> str | None:
         """The first value of header ``name`` (case-insensitive), or None."""
         name = name.lower()
-        for key, value in self.headers:
-            if key.lower() == name:
-                return value
+        for i, key in enumerate(self._lowered()):
+            if key == name:
+                return self.headers[i][1]
         return None
 
     def get_all(self, name: str) -> list[str]:
         """Every value of header ``name`` (case-insensitive), in order."""
         name = name.lower()
-        return [value for key, value in self.headers if key.lower() == name]
+        headers = self.headers
+        return [headers[i][1] for i, key in enumerate(self._lowered()) if key == name]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +111,7 @@ class RequestHead(_HeaderLookup):
     is_upgrade: bool = False
     chunked: bool = False
     content_length: int | None = None
+    names: tuple[str, ...] = field(default=(), compare=False, repr=False)  # lowercased, parsed heads
 
     @property
     def path(self) -> str:
@@ -122,6 +135,7 @@ class ResponseHead(_HeaderLookup):
     chunked: bool = False
     content_length: int | None = None
     body_until_close: bool = False
+    names: tuple[str, ...] = field(default=(), compare=False, repr=False)  # lowercased, parsed heads
 
 
 @dataclass(frozen=True, slots=True)
@@ -494,7 +508,9 @@ class RequestParser(_Parser):
         self._check_head_size(raw)
         if raw.version not in ("1.0", "1.1"):
             raise HttpError(400 if raw.version == "0.9" else 505, f"HTTP/{raw.version} request")
-        head = RequestHead(raw.method, raw.start_line.decode("latin-1"), raw.version, _decode(raw.fields))
+        headers = _decode(raw.fields)
+        head = RequestHead(raw.method, raw.start_line.decode("latin-1"), raw.version, headers,
+                           names=tuple(name.lower() for name, _ in headers))
         problem = _bad_field(head.headers)
         if problem:
             raise HttpError(400, problem)
@@ -513,7 +529,7 @@ class RequestParser(_Parser):
         self._set_body_phase(content_length, chunked, until_close=False)
         return RequestHead(
             head.method, head.target, head.version, head.headers, keep_alive=raw.keep_alive,
-            is_upgrade=raw.upgrade, chunked=chunked, content_length=content_length,
+            is_upgrade=raw.upgrade, chunked=chunked, content_length=content_length, names=head.names,
         ), False
 
 
@@ -570,7 +586,9 @@ class ResponseParser(_Parser):
         self._check_head_size(raw)
         if raw.version not in ("1.0", "1.1"):
             raise HttpError(502, f"member answered with HTTP/{raw.version}")
-        head = ResponseHead(raw.version, raw.status, raw.start_line.decode("latin-1"), _decode(raw.fields))
+        headers = _decode(raw.fields)
+        head = ResponseHead(raw.version, raw.status, raw.start_line.decode("latin-1"), headers,
+                            names=tuple(name.lower() for name, _ in headers))
         problem = _bad_field(head.headers)
         if problem:
             raise HttpError(502, f"response from member: {problem}")
@@ -598,7 +616,7 @@ class ResponseParser(_Parser):
         return ResponseHead(
             head.version, head.status, head.reason, head.headers,
             keep_alive=keep_alive and not until_close, chunked=chunked,
-            content_length=content_length, body_until_close=until_close,
+            content_length=content_length, body_until_close=until_close, names=head.names,
         ), answers_head
 
 

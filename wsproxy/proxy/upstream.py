@@ -69,9 +69,10 @@ class IdleConnections:
 async def open_connection(member, timeout: float, proxy_header: bytes | None = None, sink=None) -> Endpoint:
     loop = asyncio.get_running_loop()
     host, port = member.addr.host, member.addr.port
-    _transport, ep = await asyncio.wait_for(
-        loop.create_connection(lambda: Endpoint(sink or DISCARD), host, port), timeout
-    )
+    # asyncio.timeout, not wait_for: wait_for wraps the connect in a Task of its own, a
+    # cost paid on every member connection (benchmarks: µs CPU per handshake).
+    async with asyncio.timeout(timeout):
+        _transport, ep = await loop.create_connection(lambda: Endpoint(sink or DISCARD), host, port)
     if proxy_header:
         ep.write(proxy_header)  # before anything else on this connection
     return ep
@@ -125,9 +126,9 @@ async def connect_to_pool(pool, idle: IdleConnections | None, *, reuse: bool = T
                 return Upstream(pool, member, ep, True, attempt, queued)
         try:
             ep = await open_connection(member, cfg.connect_timeout, proxy_header, sink)
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (OSError, TimeoutError) as exc:
             pool.release(member)
-            why = "connect timeout" if isinstance(exc, asyncio.TimeoutError) else (exc.strerror or str(exc))
+            why = "connect timeout" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
             failures.append(f"{member.addr}: {why}")
             marked_down = pool.connect_failed(member)
             event(logging.WARNING, "member connect failed", pool=pool.name, member=str(member.addr),
