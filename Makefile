@@ -6,13 +6,15 @@ PY312   ?= $(shell ls -d $$(pyenv root 2>/dev/null)/versions/3.12*/bin/python 2>
 VENV312 ?= .venv312
 PYTEST_ARGS ?=
 
-.PHONY: help demo test build test-unit test-pure test-py312 conformance conformance-full annotate clean
+.PHONY: help demo test build test-unit test-pure test-py312 conformance conformance-full annotate clean bench bench-quick bench-tools
 
 help:
 	@echo "make demo         venv + install + two demo members + the proxy (prints the URL)"
 	@echo "make test         install test deps, build the C accelerators, run the whole suite"
 	@echo "make conformance  Autobahn|Testsuite through the proxy vs direct (all groups)"
 	@echo "make annotate     cython -a reports for ext/*.pyx (ext/*.html)"
+	@echo "make bench        benchmark suite vs direct, HAProxy, NGINX (~12 min; writes benchmarks/RESULTS.md)"
+	@echo "make bench-quick  the same, 1 repeat and short windows (~2 min; prints only)"
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -58,6 +60,32 @@ conformance: build
 	bash tests/conformance/setup_py27.sh
 	$(BIN)/python tests/conformance/run.py --full --parallel
 	$(BIN)/python tests/conformance/run.py --full --parallel --relay raw --out .conformance/full-raw
+
+# -- benchmarks (issue #4): benchmarks/README.md says how to read them -------------------
+# HAProxy and NGINX come from apt where this user may install (root or sudo -n); without
+# them their columns read "n/a". RUNLEVEL=1 keeps Debian from starting them as services.
+BENCH_ARGS ?=
+$(VENV)/.bench-deps: pyproject.toml setup.py | $(BIN)/python
+	$(BIN)/pip install -q -e '.[bench]'
+	touch $@
+
+bench-tools:
+	@missing=""; for t in haproxy nginx; do \
+	   command -v $$t >/dev/null 2>&1 || [ -x /usr/sbin/$$t ] || missing="$$missing $$t"; done; \
+	 [ -z "$$missing" ] && exit 0; \
+	 if [ "$$(id -u)" = 0 ]; then SUDO=""; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+	 else echo "bench:$$missing not installed and no root: those columns will read n/a"; exit 0; fi; \
+	 if ! command -v apt-get >/dev/null 2>&1; then echo "bench: no apt-get:$$missing will read n/a"; exit 0; fi; \
+	 echo "bench: installing haproxy nginx-light (apt-get)"; \
+	 ( $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 \
+	     apt-get install -y -qq haproxy nginx-light ) >/dev/null 2>&1 \
+	   || echo "bench: apt-get could not install haproxy/nginx-light: those columns will read n/a"
+
+bench: bench-tools build $(VENV)/.bench-deps
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+bench-quick: bench-tools build $(VENV)/.bench-deps
+	$(BIN)/python benchmarks/run.py --quick $(BENCH_ARGS)
 
 annotate: $(VENV)/.test-deps
 	WSPROXY_CYTHON_ANNOTATE=1 $(BIN)/python setup.py -q build_ext --inplace --force
