@@ -168,11 +168,14 @@ class Pool:
         # Never below 0: a double release must not make a member look emptier than it is.
         if member.active <= 0:
             return
+        self._drop(member)
+        if self.waiting and self._eligible(member, self.clock()):
+            self._hand_over(member)
+
+    def _drop(self, member: Member) -> None:
         member.active -= 1
         if self._on_drop is not None:
             self._on_drop(member)
-        if self.waiting and self._eligible(member, self.clock()):
-            self._hand_over(member)
 
     # -- the queue ----------------------------------------------------------------------
 
@@ -213,9 +216,7 @@ class Pool:
             if waiter.deliver(member):
                 return
             # The waiter gave up while its wake-up was on its way: undo and try the next.
-            member.active -= 1
-            if self._on_drop is not None:
-                self._on_drop(member)
+            self._drop(member)
 
     def retry_after(self, avoid: Collection[Member] = ()) -> int:
         """Seconds for a 503's Retry-After: the next down member's trial, else the queue timeout."""

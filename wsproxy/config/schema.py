@@ -171,6 +171,12 @@ def effective_ws_idle_timeout(config: Config, route: RouteConfig) -> float:
     return pool.ws_idle_timeout if pool is not None else defaults(PoolConfig)["ws_idle_timeout"]
 
 
+def effective_proxy_protocol(listener: ListenerConfig, pool: PoolConfig) -> str | None:
+    """The PROXY header version sent to this pool's members from this listener: the
+    listener's own setting wins over the pool's; None = no header."""
+    return listener.proxy_protocol or pool.proxy_protocol
+
+
 def defaults(cls: type) -> dict[str, Any]:
     """The declared defaults of a config dataclass, by field name (fields without one are left out).
 

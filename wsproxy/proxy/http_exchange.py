@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 
 from wsproxy.balancing.keys import request_key
+from wsproxy.config.schema import effective_proxy_protocol
 from wsproxy.errors import HttpError, UpstreamError
 from wsproxy.protocol import http1, proxy_header
 from wsproxy.protocol.cookies import cookie_value, without_cookie
@@ -95,6 +96,7 @@ class HttpExchange:
         self.body_attached = False
         self.member_addr: str | None = None
         self.queued: asyncio.Future | None = None  # waiting for a slot in the pool's queue
+        self.proxy_protocol = effective_proxy_protocol(session.cfg, pool.config)
         self.pick: str | None = None  # how the member was chosen, for the access log
         sticky = pool.sticky
         # The member the request's sticky cookie names (None: no cookie, forged or stale).
@@ -126,16 +128,12 @@ class HttpExchange:
 
     def _connect_args(self) -> dict:
         session, pool = self.session, self.pool
-        cfg = pool.config
-        key = None
-        if cfg.balance == "hash":
-            key = request_key(cfg.hash_key, client_ip=session.client_ip, head=self.head)
+        key = request_key(pool.config.hash_key, client_ip=session.client_ip, head=self.head)
         header = None
-        version = session.cfg.proxy_protocol or cfg.proxy_protocol
-        if version is not None:
+        if self.proxy_protocol is not None:
             # peer/local: the client and the address it connected to, as announced by a
             # trusted front balancer under accept_proxy, else the TCP connection's own.
-            header = proxy_header.build(version, session.ep.peer, session.ep.local)
+            header = proxy_header.build(self.proxy_protocol, session.ep.peer, session.ep.local)
         return {"key": key, "prefer": self.sticky_member, "proxy_header": header,
                 "on_queued": self._on_queued}
 
@@ -258,8 +256,7 @@ class HttpExchange:
         ep = up.endpoint
         self.client.resume_reading(_UPSTREAM)
         # A connection that began with a PROXY header names this client: never park it.
-        private = self.session.cfg.proxy_protocol or self.pool.config.proxy_protocol
-        if reusable and not private and not ep.closed and not self.session.ctx.state.draining:
+        if reusable and self.proxy_protocol is None and not ep.closed and not self.session.ctx.state.draining:
             cfg = self.pool.config
             self.session.ctx.state.idle.put(up.member.addr, ep, cfg.keepalive_conns, cfg.keepalive_timeout)
         else:

@@ -32,6 +32,7 @@ import struct
 import time
 
 from wsproxy.balancing.keys import request_key
+from wsproxy.config.schema import effective_proxy_protocol
 from wsproxy.errors import UpstreamError
 from wsproxy.logs import access, event
 from wsproxy.protocol import proxy_header
@@ -155,11 +156,11 @@ class TcpSession:
     async def _connect(self) -> bool:
         """Connect to a member; False when the client was closed instead (logged)."""
         pool, cfg = self.pool, self.pool.config
-        key = request_key(cfg.hash_key, client_ip=self.client_ip) if cfg.balance == "hash" else None
+        key = request_key(cfg.hash_key, client_ip=self.client_ip)
         header = None
-        version = self.cfg.proxy_protocol or cfg.proxy_protocol
+        version = effective_proxy_protocol(self.cfg, cfg)
         if version is not None:
-            header = proxy_header.build(version, self.ep.peer, getattr(self.ep, "local", None))
+            header = proxy_header.build(version, self.ep.peer, self.ep.local)
         self.connecting = self.loop.create_task(
             connect_to_pool(pool, None, reuse=False, key=key, proxy_header=header, sink=self.hold))
         try:

@@ -145,10 +145,6 @@ async def connect_to_pool(pool, idle: IdleConnections | None, *, reuse: bool = T
         return Upstream(pool, member, ep, False, attempt, queued)
     if failures:
         raise UpstreamError(502, "could not connect to pool %s: %s" % (pool.name, "; ".join(failures)))
-    if pool.can_queue(avoid) and cfg.queue.size > 0:
-        pool.queue_rejects += 1
-        raise UpstreamError(503, "the queue of pool %s is full (%d waiting)" % (pool.name, len(pool.waiting)),
-                            retry_after=pool.retry_after(avoid))
     raise UpstreamError(503, "no member available in pool %s: %s" % (pool.name, pool.why_unavailable(avoid)),
                         retry_after=pool.retry_after(avoid))
 
