@@ -1,12 +1,16 @@
-"""Differential test: the compiled FrameTracker must match the pure one, byte for byte.
+"""Differential tests: the compiled frame codec must match the pure one, byte for byte.
 
 Hypothesis builds streams of frames, valid and corrupted (reserved opcodes, stray RSV bits, the
 wrong mask bit, bad close payloads, huge lengths, random bytes), cuts them at random points and
-feeds both trackers. After every chunk their state and errors must be equal. The pure
-FrameReader, which shares the pure tracker's state machine, must agree too.
+feeds both trackers and both readers. After every chunk their state, errors and frames (fields
+and wire bytes, also those completed before an error) must be equal, and the readers must agree
+with the trackers. The builders must give the same frames (compared unmasked) or the same errors.
+MessageAssembler has its own file (test_message_differential.py).
 """
 
 from __future__ import annotations
+
+import random
 
 import pytest
 from hypothesis import given, settings
@@ -16,6 +20,7 @@ from wsproxy import _speedups
 from wsproxy.errors import FrameError
 from wsproxy.protocol import frames as py_frames
 from wsproxy.protocol.frames import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, build_frame
+from wsproxy.protocol.mask import apply_mask
 
 if _speedups.NO_EXTENSIONS:
     pytest.skip("WSPROXY_NO_EXTENSIONS=1: pure build only", allow_module_level=True)
@@ -121,8 +126,8 @@ def outcome(tracker, chunk: bytes) -> tuple:
         error = None
     except FrameError as exc:
         error = (exc.close_code, exc.reason)
-    return (error, tracker.frames, tracker.messages, tracker.close_code, tracker.at_boundary, tracker.bytes_in,
-            tracker.frame_start)
+    return (error, tracker.frames, tracker.messages, tracker.close_code, tracker.at_boundary,
+            tracker.bytes_in, tracker.frame_start)
 
 
 @settings(max_examples=600, deadline=None)
@@ -131,14 +136,16 @@ def test_c_tracker_matches_python_tracker(stream):
     (masked, rsv_allowed, max_frame_size), data, cuts = stream
     c_tracker = c_frames.FrameTracker(masked, rsv_allowed, max_frame_size)
     py_tracker = py_frames.FrameTracker(masked, rsv_allowed, max_frame_size)
-    reader = py_frames.FrameReader(masked, max_frame_size, rsv_allowed=rsv_allowed)
+    py_reader = py_frames.FrameReader(masked, max_frame_size, rsv_allowed=rsv_allowed)
+    c_reader = c_frames.FrameReader(masked, max_frame_size, rsv_allowed=rsv_allowed)
 
     bounds = [0, *cuts, len(data)]
     for start, end in zip(bounds, bounds[1:]):
         chunk = data[start:end]
         c_result = outcome(c_tracker, chunk)
         assert c_result == outcome(py_tracker, chunk)
-        assert c_result == outcome(reader, chunk)
+        assert c_result == outcome(py_reader, chunk)
+        assert c_result == outcome(c_reader, chunk)
 
     # A dead tracker keeps raising the same error in both implementations.
     assert outcome(c_tracker, b"\x81\x00") == outcome(py_tracker, b"\x81\x00")
@@ -162,3 +169,89 @@ def test_byte_at_a_time_equals_whole(stream, data):
         assert last[1:] == expected[1:]
         outcome(split_twice, stream[:split])
         assert outcome(split_twice, stream[split:])[1:] == expected[1:]
+
+
+# ---- FrameReader ---------------------------------------------------------------------------------
+
+
+def frame_fields(frame) -> tuple:
+    return frame.fin, frame.opcode, frame.payload, frame.rsv, frame.raw
+
+
+def read_outcome(reader, chunk) -> tuple:
+    """Feed one chunk to a reader; return the frames (or those before the error) and its state."""
+    try:
+        frames, error = reader.feed(chunk), None
+    except FrameError as exc:
+        frames, error = reader.completed, (exc.close_code, exc.reason)
+    return ([frame_fields(f) for f in frames], error, reader.frames, reader.messages, reader.close_code,
+            reader.at_boundary, reader.bytes_in, reader.frame_start)
+
+
+@settings(max_examples=500, deadline=None)
+@given(stream=streams(), either_mask=st.booleans(), data=st.data())
+def test_c_reader_matches_python_reader(stream, either_mask, data):
+    (masked, rsv_allowed, max_frame_size), wire, cuts = stream
+    masked = None if either_mask else masked
+    c_reader = c_frames.FrameReader(masked, max_frame_size, rsv_allowed=rsv_allowed)
+    py_reader = py_frames.FrameReader(masked, max_frame_size, rsv_allowed=rsv_allowed)
+    buffer_type = data.draw(st.sampled_from([bytes, bytearray, memoryview]))
+    bounds = [0, *cuts, len(wire)]
+    read = []
+    for start, end in zip(bounds, bounds[1:]):
+        chunk = buffer_type(wire[start:end])
+        c_result = read_outcome(c_reader, chunk)
+        assert c_result == read_outcome(py_reader, chunk)
+        read += c_result[0]
+    # The frames' wire bytes are the stream, up to where the frame being read (or the bad one) began.
+    assert b"".join(fields[4] for fields in read) == wire[: c_reader.frame_start]
+    assert read_outcome(c_reader, b"\x81\x00") == read_outcome(py_reader, b"\x81\x00")
+
+
+# ---- builders ------------------------------------------------------------------------------------
+
+
+def unmasked(frame: bytes) -> bytes:
+    """A masked frame as if built unmasked: mask bit cleared, key dropped, payload unmasked."""
+    head_len = {126: 4, 127: 10}.get(frame[1] & 0x7F, 2)
+    key = frame[head_len : head_len + 4]
+    return bytes([frame[0], frame[1] & 0x7F]) + frame[2:head_len] + apply_mask(frame[head_len + 4 :], key)
+
+
+def build_outcome(build, *args, mask, **kwargs):
+    try:
+        frame = build(*args, mask=mask, **kwargs)
+    except (ValueError, OverflowError, TypeError) as exc:
+        return type(exc), str(exc)
+    if mask:
+        assert frame[1] & 0x80
+        return unmasked(frame)
+    return frame
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    opcode=st.integers(-2, 17),
+    payload=st.binary(max_size=300) | st.builds(
+        lambda size, seed: random.Random(seed).randbytes(size),  # large ones, quickly
+        st.sampled_from([65535, 65536, 65537, 100_000]),
+        st.integers(0, 9),
+    ),
+    fin=st.booleans(),
+    rsv=st.sampled_from([0, 0x10, 0x20, 0x40, 0x70, 0x80, 0x01, -1]),
+    mask=st.booleans(),
+)
+def test_c_build_frame_matches_python(opcode, payload, fin, rsv, mask):
+    expected = build_outcome(py_frames.build_frame, opcode, payload, fin=fin, rsv=rsv, mask=mask)
+    assert build_outcome(c_frames.build_frame, opcode, payload, fin=fin, rsv=rsv, mask=mask) == expected
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    code=st.sampled_from([1000, 1005, 4999, 0, 65535, 65536, -1]) | st.integers(0, 70000),
+    reason=st.text(max_size=130),
+    mask=st.booleans(),
+)
+def test_c_build_close_matches_python(code, reason, mask):
+    expected = build_outcome(py_frames.build_close, code, reason, mask=mask)
+    assert build_outcome(c_frames.build_close, code, reason, mask=mask) == expected

@@ -1,4 +1,8 @@
-"""FrameTracker (pure and compiled) against the shared vectors; FrameReader and the builders."""
+"""FrameTracker (pure and compiled) against the shared vectors, and the Close code rules.
+
+FrameReader, MessageAssembler and the builders have their own files (test_frame_reader.py,
+test_message_assembler.py, test_frame_builders.py), also run against both twins.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +16,8 @@ from wsproxy.errors import FrameError
 from wsproxy.protocol.frames import (
     OP_BINARY,
     OP_CLOSE,
-    OP_CONT,
     OP_PING,
-    OP_PONG,
     OP_TEXT,
-    Frame,
     FrameReader,
     build_close,
     build_frame,
@@ -119,26 +120,6 @@ def test_invalid_vector_raises_as_soon_as_known(impl, vector):
         tracker.feed(data[at : at + 1])
 
 
-@pytest.mark.parametrize("vector", VALID, ids=[v["name"] for v in VALID])
-def test_reader_on_valid_vector(vector):
-    reader = FrameReader(vector["masked"], vector["max_frame_size"], rsv_allowed=vector["rsv_allowed"])
-    frames = reader.feed(stream_of(vector))
-    assert len(frames) == reader.frames == vector["frames"]
-    assert reader.messages == vector["messages"]
-    assert reader.close_code == vector["close_code"]
-    assert reader.at_boundary == vector["at_boundary"]
-
-
-@pytest.mark.parametrize("vector", INVALID, ids=[v["name"] for v in INVALID])
-def test_reader_on_invalid_vector(vector):
-    reader = FrameReader(vector["masked"], vector["max_frame_size"], rsv_allowed=vector["rsv_allowed"])
-    with pytest.raises(FrameError) as caught:
-        for chunk in chunked(stream_of(vector), "random-1"):
-            reader.feed(chunk)
-    assert caught.value.close_code == vector["code"]
-    assert vector["reason"] in caught.value.reason
-
-
 # ---- FrameTracker API ----------------------------------------------------------------------------
 
 
@@ -204,59 +185,7 @@ def test_close_payload_split_across_feeds(impl):
         assert tracker.close_code == (4321 if i == len(data) - 1 else -1)
 
 
-# ---- builders and FrameReader ----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("length", [0, 1, 125, 126, 127, 65535, 65536, 70000])
-@pytest.mark.parametrize("mask", [False, True])
-def test_build_frame_round_trip(length, mask):
-    payload = bytes(i & 0xFF for i in range(length))
-    data = build_frame(OP_BINARY, payload, mask=mask)
-    reader = FrameReader(masked=mask)
-    frames = reader.feed(data[:3]) + reader.feed(data[3:])
-    assert frames == [Frame(True, OP_BINARY, payload, 0)]
-
-
-@pytest.mark.parametrize(
-    ("length", "header"),
-    [(0, "8200"), (125, "827d"), (126, "827e007e"), (65535, "827effff"), (65536, "827f0000000000010000")],
-)
-def test_build_frame_length_encoding(length, header):
-    assert build_frame(OP_BINARY, bytes(length), mask=False).hex().startswith(header)
-    masked = build_frame(OP_BINARY, bytes(length), mask=True)
-    assert masked[1] & 0x80
-    assert len(masked) == len(header) // 2 + 4 + length
-
-
-def test_build_frame_fin_rsv_and_fragments():
-    stream = (
-        build_frame(OP_TEXT, b"frag", fin=False, rsv=0x40, mask=True)
-        + build_frame(OP_PING, b"", mask=True)
-        + build_frame(OP_CONT, "ment".encode(), mask=True)
-    )
-    frames = FrameReader(masked=True, rsv_allowed=0x40).feed(stream)
-    assert frames == [
-        Frame(False, OP_TEXT, b"frag", 0x40),
-        Frame(True, OP_PING, b"", 0),
-        Frame(True, OP_CONT, b"ment", 0),
-    ]
-
-
-def test_build_frame_uses_a_fresh_key_each_time():
-    keys = {build_frame(OP_TEXT, b"x", mask=True)[2:6] for _ in range(8)}
-    assert len(keys) > 1
-
-
-@pytest.mark.parametrize("kwargs", [{"opcode": 16}, {"opcode": -1}, {"rsv": 0x80}, {"rsv": 0x01}])
-def test_build_frame_rejects_unencodable(kwargs):
-    args = {"opcode": OP_TEXT, "payload": b"", "mask": False, **kwargs}
-    with pytest.raises(ValueError):
-        build_frame(**args)
-
-
-def test_build_frame_can_build_invalid_frames_for_tests():
-    assert build_frame(3, b"", mask=False) == b"\x83\x00"
-    assert build_frame(OP_PING, bytes(200), mask=False)[:4] == b"\x89\x7e\x00\xc8"
+# ---- Close frames built, read and tracked --------------------------------------------------------
 
 
 CLOSE_CASES = [(1000, ""), (1001, "going away"), (4999, "é€😀"), (3000, "r" * 123)]
@@ -272,44 +201,6 @@ def test_build_close_round_trip(impl, mask, code, reason):
     tracker = impl.FrameTracker(mask)
     tracker.feed(data)
     assert tracker.close_code == code
-
-
-def test_build_close_without_code():
-    assert build_close(1005, mask=False) == b"\x88\x00"
-    with pytest.raises(ValueError):
-        build_close(1005, "why", mask=False)
-
-
-def test_build_close_reason_too_long():
-    with pytest.raises(ValueError, match="125"):
-        build_close(1000, "r" * 124, mask=False)
-
-
-def test_reader_accepts_either_mask_when_masked_is_none():
-    stream = build_frame(OP_TEXT, b"a", mask=True) + build_frame(OP_PONG, b"b", mask=False)
-    assert [f.payload for f in FrameReader().feed(stream)] == [b"a", b"b"]
-
-
-def test_reader_max_size_refuses_before_buffering():
-    reader = FrameReader(masked=False, max_size=1000)
-    with pytest.raises(FrameError) as caught:
-        reader.feed(b"\x82\x7f\x00\x00\x00\x00\x00\x01\x00\x00")  # header of a 64 KiB frame only
-    assert caught.value.close_code == 1009
-
-
-def test_reader_default_max_size_is_64_mib():
-    reader = FrameReader()
-    reader.feed(b"\x82\x7f" + (64 * 1024 * 1024).to_bytes(8, "big"))
-    with pytest.raises(FrameError):
-        FrameReader().feed(b"\x82\x7f" + (64 * 1024 * 1024 + 1).to_bytes(8, "big"))
-
-
-def test_reader_returns_only_completed_frames():
-    reader = FrameReader(masked=False)
-    data = build_frame(OP_TEXT, b"hello", mask=False) * 2
-    assert reader.feed(data[:9]) == [Frame(True, OP_TEXT, b"hello")]
-    assert reader.feed(data[9:]) == [Frame(True, OP_TEXT, b"hello")]
-    assert reader.feed(b"") == []
 
 
 # ---- close code rules ----------------------------------------------------------------------------

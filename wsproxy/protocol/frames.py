@@ -1,23 +1,27 @@
-"""WebSocket frames (RFC 6455 §5): a header-only tracker, a full reader, and builders.
+"""WebSocket frames (RFC 6455 §5): a header-only tracker, a full reader, messages, builders.
 
 - ``FrameTracker`` is the proxy's HEADERS relay mode for one direction: it follows frame
   boundaries in a byte stream of any chunking, validates every header, skips payloads by
-  counting, and reads only the (<= 125 byte) Close payload to learn the close code. Its compiled
-  twin is ``ext/frames.pyx``; ``wsproxy._speedups`` picks one.
-- ``FrameReader`` shares the tracker's state machine but keeps every payload and returns
-  ``Frame`` values. It is for the demo backend and tests, not the hot path.
+  counting, and reads only the (<= 125 byte) Close payload to learn the close code.
+- ``FrameReader`` shares the tracker's state machine but returns whole ``Frame`` values with
+  unmasked payloads and their original wire bytes (``raw``): the inspect relay mode forwards
+  an unchanged frame as ``raw``, and re-serializes only the frames a plugin replaced.
+- ``MessageAssembler`` turns frames into whole data ``Message`` values (WS_MESSAGE plugins),
+  passing control frames through as they come.
 - ``build_frame`` / ``build_close`` serialize frames. They do not enforce protocol rules, so
   tests can build invalid frames with them.
 
+Each of them has a compiled twin in ``ext/frames.pyx``; ``wsproxy._speedups`` picks one.
 Every violation raises ``FrameError(close_code, reason)``; the parser is then dead and each
-later ``feed`` raises the same error again. Both tracker implementations are checked against
-``tests/vectors/frames_*.json`` and against each other (``tests/property``).
+later ``feed`` raises the same error again. Both twins are checked against
+``tests/vectors/frames_*.json`` and ``messages.json``, and against each other (``tests/property``).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import NoReturn
 
 from wsproxy.errors import FrameError
@@ -33,6 +37,8 @@ __all__ = [
     "Frame",
     "FrameTracker",
     "FrameReader",
+    "Message",
+    "MessageAssembler",
     "build_frame",
     "build_close",
     "parse_close_payload",
@@ -81,12 +87,19 @@ def parse_close_payload(payload: bytes) -> tuple[int, str]:
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """One frame as read by ``FrameReader``; ``payload`` is already unmasked."""
+    """One frame as read by ``FrameReader``; ``payload`` is already unmasked.
+
+    ``raw`` is the frame exactly as it came off the wire (header and still-masked payload), so
+    an unchanged frame is forwarded with one ``write(frame.raw)`` and no re-serialization. It is
+    empty for a frame built by code. Equality ignores it: two frames with the same content are
+    equal whatever their mask keys.
+    """
 
     fin: bool
     opcode: int
     payload: bytes
     rsv: int = 0
+    raw: bytes = field(default=b"", compare=False, repr=False)
 
 
 class _FrameParser:
@@ -94,18 +107,18 @@ class _FrameParser:
 
     Headers are read byte by byte (a header may split anywhere, even inside the extended length
     or the mask key) and each rule is checked as soon as the bytes it needs have arrived.
-    Payload is skipped by counting unless ``_collect`` is set: always for a Close frame, for
-    every frame in the reader.
+    Payload is skipped by counting; only a Close frame's payload is collected (``_collect``), to
+    check its code. The reader takes its frames' bytes from the chunks fed instead.
     """
 
     __slots__ = (
         "_masked", "_rsv_allowed", "_max_frame_size", "_state",
-        "_fin", "_opcode", "_rsv", "_has_mask", "_need", "_length", "_remaining",
+        "_fin", "_opcode", "_rsv", "_has_mask", "_need", "_length", "_head_len", "_remaining",
         "_collect", "_key", "_payload", "_fragmented",
         "_frames", "_messages", "_close_code", "_bytes_in", "_frame_start", "_error", "_out",
     )  # fmt: skip
 
-    _collect_all = False  # class constant: the reader keeps every payload
+    _collect_all = False  # class constant: the reader makes a Frame of every frame
 
     def __init__(self, masked: bool | None, rsv_allowed: int, max_frame_size: int) -> None:
         if rsv_allowed & ~RSV_BITS:
@@ -123,6 +136,7 @@ class _FrameParser:
         self._has_mask = False
         self._need = 0  # bytes left in the extended length or the mask key
         self._length = 0  # payload length, possibly still being read
+        self._head_len = 0  # header bytes: 2, + 2 or 8 of extended length, + 4 of mask key
         self._remaining = 0  # payload bytes not seen yet
         self._collect = False
         self._key = b""
@@ -248,7 +262,7 @@ class _FrameParser:
         self._fin = fin
         self._opcode = opcode
         self._rsv = rsv
-        self._collect = self._collect_all or opcode == OP_CLOSE
+        self._collect = opcode == OP_CLOSE
         self._state = _HEAD1
 
     def _second_byte(self, byte: int) -> None:
@@ -263,11 +277,13 @@ class _FrameParser:
                 self._fail(1002, "close frame with a 1-byte payload")
         self._has_mask = has_mask
         if length < 126:
+            self._head_len = 2
             self._length = length
             self._length_done()
         else:  # 126: 16-bit length follows, 127: 64-bit
             self._length = 0
             self._need = 2 if length == 126 else 8
+            self._head_len = 2 + self._need
             self._state = _LENGTH
 
     def _length_done(self) -> None:
@@ -278,6 +294,7 @@ class _FrameParser:
             self._fail(1009, f"frame of {length} bytes over the {self._max_frame_size} byte limit")
         self._remaining = length
         if self._has_mask:
+            self._head_len += 4
             self._need = 4
             self._key = b""
             self._state = _MASK_KEY
@@ -294,8 +311,7 @@ class _FrameParser:
 
     def _end_frame(self) -> None:
         opcode = self._opcode
-        payload = b""
-        if self._collect:
+        if self._collect:  # a Close frame
             payload = bytes(self._payload)
             if self._has_mask:
                 payload = apply_mask(payload, self._key)
@@ -313,7 +329,11 @@ class _FrameParser:
         self._frames += 1
         self._state = _HEAD0
         if self._collect_all:
-            self._out.append(Frame(self._fin, opcode, payload, self._rsv))
+            self._out.append(self._take_frame())
+
+    def _take_frame(self) -> Frame:
+        """The frame just completed (FrameReader only)."""
+        raise NotImplementedError
 
     def _fail(self, code: int, reason: str) -> NoReturn:
         self._error = (code, reason)
@@ -340,14 +360,15 @@ class FrameTracker(_FrameParser):
 
 
 class FrameReader(_FrameParser):
-    """Parse whole frames with unmasked payloads (demo backend, tests).
+    """Parse whole frames with unmasked payloads and their wire bytes (inspect relay mode).
 
     ``masked`` None accepts masked and unmasked frames. ``max_size`` > 0 caps each frame's
-    payload (1009), checked before any of it is buffered. On a ``FrameError``, frames completed
-    earlier in the same ``feed`` call are lost; the connection is to be closed anyway.
+    payload (1009), checked as soon as the length is known, before any of it is buffered.
+    Each ``Frame`` carries its original bytes in ``raw``; a frame that arrives whole in a
+    ``bytes`` chunk of its own gets that very object, with no copy.
     """
 
-    __slots__ = ()
+    __slots__ = ("_chunk", "_chunk_offset", "_spill")
 
     _collect_all = True
 
@@ -355,12 +376,230 @@ class FrameReader(_FrameParser):
         self, masked: bool | None = None, max_size: int = 64 * 1024 * 1024, rsv_allowed: int = 0
     ) -> None:
         super().__init__(masked, rsv_allowed, max_size)
+        self._chunk: bytes | bytearray | memoryview = b""  # the data being fed
+        self._chunk_offset = 0  # its stream offset
+        self._spill = bytearray()  # the current frame's bytes from earlier feeds
+
+    @property
+    def completed(self) -> list[Frame]:
+        """The frames the last ``feed`` completed: its result, or, when it raised
+        ``FrameError``, the frames before the violation (a relay still forwards those)."""
+        return self._out
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
         """Return the frames completed by ``data``; raise ``FrameError`` on a violation."""
         self._out = []
         self._feed(data)
         return self._out
+
+    def _consume(self, data: bytes | bytearray | memoryview) -> None:
+        self._chunk = data
+        self._chunk_offset = self._bytes_in
+        try:
+            super()._consume(data)
+            if self._state != _HEAD0:  # a frame goes on in the next feed: keep its bytes
+                self._spill += data[max(self._frame_start - self._chunk_offset, 0) :]
+        finally:
+            self._chunk = b""  # never hold the caller's buffer
+
+    def _take_frame(self) -> Frame:
+        start = self._frame_start - self._chunk_offset  # < 0: it began in an earlier feed
+        stop = start + self._head_len + self._length
+        if start >= 0:
+            raw = bytes(self._chunk[start:stop])  # the chunk itself if it is exactly this frame
+        else:
+            self._spill += self._chunk[:stop]
+            raw = bytes(self._spill)
+            self._spill = bytearray()
+        head_len = self._head_len
+        if self._has_mask:
+            payload = apply_mask(memoryview(raw)[head_len:], raw[head_len - 4 : head_len])
+        else:
+            payload = raw[head_len:]
+        return Frame(self._fin, self._opcode, payload, self._rsv, raw)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One whole data message from ``MessageAssembler``.
+
+    ``opcode`` is OP_TEXT or OP_BINARY; ``payload`` joins its frames' payloads. ``rsv`` holds the
+    first frame's RSV bits: ``rsv & 0x40`` means permessage-deflate compressed it (RFC 7692), so
+    the caller inflates ``payload`` first (and checks a text message's UTF-8 after that). ``raw``
+    joins its frames' wire bytes, so an unchanged message is forwarded as it came (empty if a
+    frame had no ``raw``); ``frames`` counts them. Equality ignores ``raw`` and ``frames``.
+    """
+
+    opcode: int
+    payload: bytes
+    rsv: int = 0
+    raw: bytes = field(default=b"", compare=False, repr=False)
+    frames: int = field(default=1, compare=False, repr=False)
+
+
+def _utf8_sequence_length(lead: int) -> int:
+    """Bytes of the character a lead byte starts (2..4), 0 if it cannot start one."""
+    if 0xC2 <= lead <= 0xDF:
+        return 2
+    if 0xE0 <= lead <= 0xEF:
+        return 3
+    if 0xF0 <= lead <= 0xF4:
+        return 4
+    return 0
+
+
+# The second byte's range after these lead bytes (no overlongs, no surrogates, <= U+10FFFF).
+_UTF8_SECOND_BYTE = {0xE0: (0xA0, 0xBF), 0xED: (0x80, 0x9F), 0xF0: (0x90, 0xBF), 0xF4: (0x80, 0x8F)}
+
+
+def _utf8_partial_ok(tail: bytes) -> bool:
+    """True if ``tail``, shorter than the character its lead byte starts, can still end well."""
+    length = _utf8_sequence_length(tail[0])
+    if not length or len(tail) >= length:
+        return False
+    if len(tail) >= 2:
+        low, high = _UTF8_SECOND_BYTE.get(tail[0], (0x80, 0xBF))
+        if not low <= tail[1] <= high:
+            return False
+    return all(0x80 <= byte <= 0xBF for byte in tail[2:])
+
+
+def _utf8_unfinished_tail(data: bytes) -> bytes | None:
+    """The unfinished character at the end of ``data`` (b"" if none) when all of ``data`` can
+    begin a valid UTF-8 text; None when it cannot. Mirrors wsp_utf8_stream.h."""
+    cut = len(data)
+    for back in range(1, min(3, len(data)) + 1):
+        byte = data[-back]
+        if byte < 0x80:
+            break
+        if byte >= 0xC0:  # a lead byte: unfinished if its character needs more bytes
+            if back < _utf8_sequence_length(byte):
+                cut = len(data) - back
+            break
+    try:
+        str(data[:cut], "utf-8")
+    except UnicodeDecodeError:
+        return None
+    tail = data[cut:]
+    if tail and not _utf8_partial_ok(tail):
+        return None
+    return tail
+
+
+class MessageAssembler:
+    """Join the data frames of ONE direction into whole messages (WS_MESSAGE plugins).
+
+    ``feed`` takes the frames a ``FrameReader`` returned and gives back, in order, a ``Message``
+    for each data message completed and every control frame as it came: control frames may
+    arrive between the fragments of a message, so they come out before that message.
+    ``max_size`` > 0 caps a message's payload (1009): the frame that takes the running total
+    over it is refused before it is buffered. With ``validate_utf8`` a text message must be
+    UTF-8 (1007); fragments are checked as they come, so a message fails on the fragment that
+    breaks it. A compressed message (RSV1) is not checked: it is UTF-8 only once inflated.
+    The header rules (opcodes, RSV bits, control frames) are the reader's; this checks what
+    needs the message: the order of continuation frames (1002), the size and the UTF-8.
+    """
+
+    __slots__ = (
+        "_max_size", "_validate_utf8", "_opcode", "_rsv", "_size", "_check_utf8", "_utf8_tail",
+        "_payloads", "_raws", "_messages", "_error", "_out",
+    )  # fmt: skip
+
+    def __init__(self, max_size: int = 64 * 1024 * 1024, validate_utf8: bool = True) -> None:
+        if max_size < 0:
+            raise ValueError("max_size must be >= 0 (0 = no limit)")
+        self._max_size = max_size
+        self._validate_utf8 = bool(validate_utf8)
+        # the message being assembled; opcode 0 when none is
+        self._opcode = 0
+        self._rsv = 0
+        self._size = 0
+        self._check_utf8 = False
+        self._utf8_tail = b""  # an unfinished character at the end of the fragments so far
+        self._payloads: list[bytes] = []
+        self._raws: list[bytes] = []
+        self._messages = 0
+        self._error: tuple[int, str] | None = None
+        self._out: list[Frame | Message] = []
+
+    @property
+    def messages(self) -> int:
+        """Whole messages returned so far."""
+        return self._messages
+
+    @property
+    def in_message(self) -> bool:
+        """True while a fragmented message waits for its last frame."""
+        return self._opcode != 0
+
+    @property
+    def completed(self) -> list[Frame | Message]:
+        """What the last ``feed`` returned or, when it raised, what came before the violation."""
+        return self._out
+
+    def feed(self, frames: Iterable[Frame]) -> list[Frame | Message]:
+        """Return the messages and control frames completed by ``frames``, in order; raise
+        ``FrameError`` on a violation."""
+        self._out = out = []
+        if self._error is not None:
+            raise FrameError(*self._error)
+        for frame in frames:
+            opcode = frame.opcode
+            if OP_CLOSE <= opcode <= OP_PONG:
+                out.append(frame)
+                continue
+            if opcode == OP_CONT:
+                if not self._opcode:
+                    self._fail(1002, "continuation frame with no message to continue")
+            elif opcode == OP_TEXT or opcode == OP_BINARY:
+                if self._opcode:
+                    self._fail(1002, "new data frame inside a fragmented message")
+                self._start(opcode, frame.rsv)
+            else:
+                self._fail(1002, f"reserved opcode {opcode}")
+            self._add(frame)
+        return out
+
+    def _start(self, opcode: int, rsv: int) -> None:
+        self._opcode = opcode
+        self._rsv = rsv
+        self._size = 0
+        self._check_utf8 = opcode == OP_TEXT and self._validate_utf8 and not rsv & 0x40
+        self._utf8_tail = b""
+        self._payloads = []
+        self._raws = []
+
+    def _add(self, frame: Frame) -> None:
+        payload, fin = frame.payload, frame.fin
+        first = not self._payloads
+        size = self._size + len(payload)
+        if self._max_size and size > self._max_size:
+            self._fail(1009, f"message of at least {size} bytes over the {self._max_size} byte limit")
+        if self._check_utf8:
+            tail = _utf8_unfinished_tail(self._utf8_tail + payload)
+            if tail is None or (fin and tail):  # invalid, or the message ends inside a character
+                self._fail(1007, "invalid UTF-8 in a text message")
+            self._utf8_tail = tail
+        self._size = size
+        if fin and first:
+            message = Message(self._opcode, bytes(payload), self._rsv, bytes(frame.raw), 1)
+        else:
+            self._payloads.append(payload)
+            self._raws.append(frame.raw)
+            if not fin:
+                return
+            raws = self._raws
+            raw = b"".join(raws) if all(raws) else b""
+            message = Message(self._opcode, b"".join(self._payloads), self._rsv, raw, len(raws))
+            self._payloads = []
+            self._raws = []
+        self._opcode = 0
+        self._messages += 1
+        self._out.append(message)
+
+    def _fail(self, code: int, reason: str) -> NoReturn:
+        self._error = (code, reason)
+        raise FrameError(code, reason)
 
 
 def build_frame(
@@ -371,7 +610,7 @@ def build_frame(
         raise ValueError(f"opcode must be 0..15, not {opcode}")
     if rsv & ~RSV_BITS:
         raise ValueError(f"rsv must be a subset of 0x70, not {rsv:#x}")
-    payload = bytes(payload)
+    payload = bytes(memoryview(payload))  # any buffer, as the compiled twin takes
     length = len(payload)
     mask_bit = 0x80 if mask else 0
     head = bytearray([(0x80 if fin else 0) | rsv | opcode])
