@@ -78,7 +78,7 @@ class App:
         self.servers: list[asyncio.AbstractServer] = []
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.state.loop = asyncio.get_running_loop()
         for name, ctx in self.contexts.items():
             bind = ctx.config.bind
             acceptor = _Acceptor(ctx)

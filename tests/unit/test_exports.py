@@ -13,13 +13,16 @@ import pytest
 
 from wsproxy import _speedups
 from wsproxy.protocol import frames as py_frames
+from wsproxy.protocol import http_head as py_http_head
 from wsproxy.protocol import mask as py_mask
 from wsproxy.protocol import relay_core as py_relay_core
 
 ROOT = Path(__file__).parents[2]
 # Which names each compiled module accelerates; the pure module has them all and more.
-ACCELERATED = {"mask": {"apply_mask"}, "frames": {"FrameTracker"}, "relay_core": {"RelayCore"}}
-PURE = {"mask": py_mask, "frames": py_frames, "relay_core": py_relay_core}
+FRAMES = {"Frame", "FrameReader", "FrameTracker", "Message", "MessageAssembler", "build_close", "build_frame"}
+ACCELERATED = {"mask": {"apply_mask"}, "frames": FRAMES, "relay_core": {"RelayCore"},
+               "http_head": {"scan_fields", "rewrite_head"}}
+PURE = {"mask": py_mask, "frames": py_frames, "relay_core": py_relay_core, "http_head": py_http_head}
 
 
 @pytest.fixture(params=sorted(ACCELERATED))
@@ -87,7 +90,8 @@ def test_stub_declares_the_compiled_api(pair):
 
 def test_speedups_selects_the_compiled_build_when_present(pair):
     assert _speedups.IMPLEMENTATION == "c"
-    assert _speedups.FrameTracker.__module__ == "wsproxy._ext.frames"
+    for name in FRAMES:
+        assert getattr(_speedups, name).__module__ == "wsproxy._ext.frames", name
     assert _speedups.apply_mask.__module__ == "wsproxy._ext.mask"
     assert _speedups.RelayCore.__module__ == "wsproxy._ext.relay_core"
 
@@ -96,10 +100,16 @@ def test_no_extensions_env_forces_the_pure_build():
     env = {**os.environ, "WSPROXY_NO_EXTENSIONS": "1"}
     code = (
         "from wsproxy import _speedups as s; "
-        "print(s.IMPLEMENTATION, s.FrameTracker.__module__, s.apply_mask.__module__, s.RelayCore.__module__)"
+        "print(s.IMPLEMENTATION, s.FrameTracker.__module__, s.apply_mask.__module__, s.RelayCore.__module__, "
+        "*{getattr(s, name).__module__ for name in %r})" % sorted(FRAMES)
     )
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.split() == ["py", "wsproxy.protocol.frames", "wsproxy.protocol.mask",
-                                  "wsproxy.protocol.relay_core"]
+                                  "wsproxy.protocol.relay_core", "wsproxy.protocol.frames"]
+
+
+def test_speedups_exports_every_accelerated_name():
+    for names in ACCELERATED.values():
+        assert names <= set(_speedups.__all__)

@@ -1,13 +1,17 @@
 """Headers a proxy must remove or add when it forwards a request (RFC 9110 §7.6, RFC 7239).
 
-Typical use, in this order:
+The proxy's own path works on names and plans, so the rewritten head is written in one pass
+(``http_head.rewrite_head``) without intermediate header lists:
 
-    headers = strip_hop_by_hop(head.headers)
-    headers = forwarded_headers(headers, client_ip=peer, proto="https", host=head.get("host"),
-                                trusted=listener_trust.contains(peer))
+    hop = hop_by_hop_names(head.headers, head.names)
+    drop, tail = forwarding_plan(head.headers, head.names, skip=hop, client_ip=peer,
+                                 proto="https", host=head.get("host"), trusted=...)
+    rewrite_head(request_line, head.headers, head.names, hop | drop, tail)
 
-For a WebSocket handshake the shell then adds back ``Upgrade: websocket`` and
-``Connection: Upgrade`` itself: they are hop-by-hop and are stripped like the others.
+``strip_hop_by_hop`` and ``forwarded_headers`` give the same result as header lists (tests,
+and anything that wants a list). For a WebSocket handshake the caller then adds back
+``Upgrade: websocket`` and ``Connection: Upgrade``: they are hop-by-hop and are stripped like
+the others.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import ipaddress
 import re
 from typing import Iterable
 
-__all__ = ["HOP_BY_HOP", "strip_hop_by_hop", "TrustedProxies", "forwarded_headers"]
+__all__ = ["HOP_BY_HOP", "hop_by_hop_names", "strip_hop_by_hop", "TrustedProxies", "forwarding_plan",
+           "forwarded_headers"]
 
 Headers = list[tuple[str, str]]
 
@@ -27,19 +32,31 @@ HOP_BY_HOP = frozenset(
 )
 # What a client could use to lie about where it is; dropped unless the peer is trusted.
 _CLIENT_CLAIMS = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"})
+_CHAINS = frozenset({"x-forwarded-for", "forwarded"})  # folded into one header each, when trusted
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+def hop_by_hop_names(headers: Headers, names: tuple[str, ...]) -> frozenset[str]:
+    """HOP_BY_HOP and every name listed in Connection (lowercased); ``names`` are the headers'
+    lowercased names. Usually just HOP_BY_HOP itself (``Connection: Upgrade``, ``keep-alive``)."""
+    if "connection" not in names:
+        return HOP_BY_HOP
+    listed = {
+        token.strip(" \t").lower()
+        for i, key in enumerate(names) if key == "connection"
+        for token in headers[i][1].split(",")
+    }
+    return HOP_BY_HOP if listed <= HOP_BY_HOP else HOP_BY_HOP | listed
+
+
 def strip_hop_by_hop(headers: Iterable[tuple[str, str]]) -> Headers:
     """A copy without hop-by-hop headers: HOP_BY_HOP and every name listed in Connection."""
     headers = list(headers)
-    drop = set(HOP_BY_HOP)
-    for name, value in headers:
-        if name.lower() == "connection":
-            drop.update(t.strip(" \t").lower() for t in value.split(","))
-    return [(name, value) for name, value in headers if name.lower() not in drop]
+    names = tuple(name.lower() for name, _ in headers)
+    drop = hop_by_hop_names(headers, names)
+    return [field for field, key in zip(headers, names) if key not in drop]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -83,6 +100,13 @@ class TrustedProxies:
         return bool(self._networks)
 
 
+@functools.lru_cache(maxsize=4096)
+def _client_text(ip: str) -> str:
+    """The client address as X-Forwarded-For writes it (IPv4-mapped IPv6 as plain IPv4)."""
+    address = _parse_ip(ip)
+    return str(address) if address is not None else ip
+
+
 def _forwarded_value(value: str) -> str:
     """A Forwarded parameter value: a token as is, anything else as a quoted-string."""
     if _TOKEN.fullmatch(value):
@@ -90,6 +114,7 @@ def _forwarded_value(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+@functools.lru_cache(maxsize=4096)
 def _forwarded_element(client: str, proto: str, host: str | None) -> str:
     """``for=192.0.2.1;proto=http;host=example.com`` (RFC 7239 §4-§5)."""
     address = _parse_ip(client)
@@ -105,10 +130,12 @@ def _forwarded_element(client: str, proto: str, host: str | None) -> str:
     return ";".join(params)
 
 
-def forwarded_headers(
-    headers: Iterable[tuple[str, str]], *, client_ip: str, proto: str, host: str | None, trusted: bool
-) -> Headers:
-    """A copy of ``headers`` with X-Forwarded-For/-Proto/-Host and Forwarded set for this hop.
+def forwarding_plan(
+    headers: Headers, names: tuple[str, ...], *, skip: frozenset[str] = frozenset(), client_ip: str,
+    proto: str, host: str | None, trusted: bool,
+) -> tuple[frozenset[str], Headers]:
+    """What this hop does to the forwarding headers: (lowercased names to drop, fields to
+    append). ``skip``: names dropped anyway (hop-by-hop), which feed no chain.
 
     ``trusted`` (the peer is one of our own proxies): the client IP is appended to the incoming
     X-Forwarded-For and Forwarded chains (each folded into one header), and incoming
@@ -116,21 +143,33 @@ def forwarded_headers(
     and X-Real-IP, is dropped and fresh values are set, so members never see a forged chain.
     IPv4-mapped IPv6 peers are written as plain IPv4.
     """
-    address = _parse_ip(client_ip)
-    client = str(address) if address is not None else client_ip
-    headers = list(headers)
+    client = _client_text(client_ip)
     if trusted:
-        chain = [v.strip() for n, v in headers if n.lower() == "x-forwarded-for" and v.strip()]
-        forwarded = [v.strip() for n, v in headers if n.lower() == "forwarded" and v.strip()]
-        present = {n.lower() for n, _ in headers}
-        out = [(n, v) for n, v in headers if n.lower() not in ("x-forwarded-for", "forwarded")]
+        chain = [headers[i][1].strip() for i, key in enumerate(names)
+                 if key == "x-forwarded-for" and key not in skip and headers[i][1].strip()]
+        forwarded = [headers[i][1].strip() for i, key in enumerate(names)
+                     if key == "forwarded" and key not in skip and headers[i][1].strip()]
+        present = set(names) - skip
+        drop = _CHAINS
     else:
-        chain, forwarded, present = [], [], set()
-        out = [(n, v) for n, v in headers if n.lower() not in _CLIENT_CLAIMS]
-    out.append(("X-Forwarded-For", ", ".join([*chain, client])))
+        chain, forwarded, present = [], [], ()
+        drop = _CLIENT_CLAIMS
+    tail = [("X-Forwarded-For", ", ".join([*chain, client]) if chain else client)]
     if "x-forwarded-proto" not in present:
-        out.append(("X-Forwarded-Proto", proto))
+        tail.append(("X-Forwarded-Proto", proto))
     if host and "x-forwarded-host" not in present:
-        out.append(("X-Forwarded-Host", host))
-    out.append(("Forwarded", ", ".join([*forwarded, _forwarded_element(client_ip, proto, host)])))
-    return out
+        tail.append(("X-Forwarded-Host", host))
+    element = _forwarded_element(client_ip, proto, host)
+    tail.append(("Forwarded", ", ".join([*forwarded, element]) if forwarded else element))
+    return drop, tail
+
+
+def forwarded_headers(
+    headers: Iterable[tuple[str, str]], *, client_ip: str, proto: str, host: str | None, trusted: bool
+) -> Headers:
+    """A copy of ``headers`` with X-Forwarded-For/-Proto/-Host and Forwarded set for this hop
+    (see ``forwarding_plan``)."""
+    headers = list(headers)
+    names = tuple(name.lower() for name, _ in headers)
+    drop, tail = forwarding_plan(headers, names, client_ip=client_ip, proto=proto, host=host, trusted=trusted)
+    return [field for field, key in zip(headers, names) if key not in drop] + tail

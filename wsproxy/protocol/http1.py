@@ -35,7 +35,9 @@ from typing import Iterable
 
 import httptools
 
+from wsproxy import _speedups
 from wsproxy.errors import HttpError
+from wsproxy.protocol.forwarding import hop_by_hop_names
 
 __all__ = [
     "RequestHead",
@@ -45,8 +47,11 @@ __all__ = [
     "Upgrade",
     "RequestParser",
     "ResponseParser",
+    "request_line",
+    "status_line",
     "serialize_request_head",
     "serialize_response_head",
+    "response_head_for_client",
     "encode_chunk",
     "LAST_CHUNK",
     "simple_response",
@@ -54,6 +59,9 @@ __all__ = [
 
 Headers = list[tuple[str, str]]
 
+# The C twins when built (ext/http_head.pyx).
+scan_fields = _speedups.scan_fields
+rewrite_head = _speedups.rewrite_head
 _BLANK_LINE = b"\r\n\r\n"
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE_CHAR = re.compile(r"[\x00\r\n]")
@@ -95,7 +103,7 @@ class _HeaderLookup:
         return [headers[i][1] for i, key in enumerate(self._lowered()) if key == name]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestHead(_HeaderLookup):
     """A request line and headers (names keep the client's case and order; latin-1).
 
@@ -122,7 +130,7 @@ class RequestHead(_HeaderLookup):
         return self.target.partition("?")[2]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ResponseHead(_HeaderLookup):
     """A status line and headers. ``body_until_close``: the body ends when the member closes
     the connection (no Content-Length, no chunked), so the connection cannot be reused."""
@@ -162,25 +170,20 @@ Event = RequestHead | ResponseHead | Body | EndOfMessage | Upgrade
 
 
 def _decode(fields: list[tuple[bytes, bytes]]) -> Headers:
-    # llhttp strips leading whitespace from values but keeps trailing whitespace, which is not
-    # part of the value (RFC 9110 §5.5).
-    return [(name.decode("latin-1"), value.rstrip(b" \t").decode("latin-1")) for name, value in fields]
+    # Trailers only (rare); heads go through scan_fields (http_head), which also checks them.
+    return scan_fields(fields)[0]
 
 
-def _bad_field(headers: Headers) -> str | None:
-    """Defence in depth: llhttp already rejects these, but they must never pass."""
-    for name, value in headers:
-        if not _TOKEN.fullmatch(name):
-            return f"invalid header name {name!r}"
-        if _BAD_VALUE_CHAR.search(value):
-            return f"invalid character in header {name!r}"
-    return None
+def _values(headers: Headers, names: tuple[str, ...], name: str) -> list[str]:
+    return [headers[i][1] for i, key in enumerate(names) if key == name]
 
 
-def _framing(head: RequestHead | ResponseHead, *, request: bool) -> tuple[int | None, bool]:
+def _framing(headers: Headers, names: tuple[str, ...], version: str, *, request: bool) -> tuple[int | None, bool]:
     """(content_length, chunked) of a head; ValueError(reason) when framing is ambiguous."""
-    lengths = head.get_all("content-length")
-    codings_headers = head.get_all("transfer-encoding")
+    if "content-length" not in names and "transfer-encoding" not in names:
+        return None, False  # the common case for heads without a body (upgrades, GETs)
+    lengths = _values(headers, names, "content-length")
+    codings_headers = _values(headers, names, "transfer-encoding")
     if lengths and codings_headers:
         raise ValueError("both Content-Length and Transfer-Encoding")
     if len(lengths) > 1:
@@ -193,7 +196,7 @@ def _framing(head: RequestHead | ResponseHead, *, request: bool) -> tuple[int | 
         content_length = int(value)
     if not codings_headers:
         return content_length, False
-    if head.version == "1.0":
+    if version == "1.0":
         raise ValueError("Transfer-Encoding in an HTTP/1.0 message")
     codings = [c.strip(" \t").lower() for v in codings_headers for c in v.split(",")]
     codings = [c for c in codings if c]
@@ -240,12 +243,11 @@ class _RawHead:
     method: str = ""
     status: int = 0
 
-    def size_estimate(self) -> int:
+    def size_estimate(self, fields_size: int) -> int:
         # The fewest bytes such a head can have (no optional whitespace), for heads that were
         # parsed inside a step that did not start at a head; a lower bound, never a false 431.
-        return len(self.method) + len(self.start_line) + 12 + sum(
-            len(n) + len(v) + 3 for n, v in self.fields
-        ) + 2
+        # ``fields_size``: the fields' own share, from scan_fields.
+        return len(self.method) + len(self.start_line) + 12 + fields_size + 2
 
 
 @dataclass(slots=True)
@@ -421,11 +423,14 @@ class _Parser:
             if len(self._fields) > self._max_headers or trailer_bytes > self._max_head_bytes:
                 raise self._too_large("trailer section too large")
 
-    def _check_head_size(self, raw: _RawHead) -> None:
+    def _scan_head(self, raw: _RawHead) -> tuple[Headers, tuple[str, ...], str | None]:
+        """Decode and check the fields in one pass; the size limits first."""
         if len(raw.fields) > self._max_headers:
             raise self._too_large(f"more than {self._max_headers} header fields")
-        if raw.size_estimate() > self._max_head_bytes:
+        headers, names, problem, fields_size = scan_fields(raw.fields)
+        if raw.size_estimate(fields_size) > self._max_head_bytes:
             raise self._too_large(f"head larger than {self._max_head_bytes} bytes")
+        return headers, names, problem
 
     def _set_body_phase(self, content_length: int | None, chunked: bool, until_close: bool) -> None:
         if chunked:
@@ -505,20 +510,16 @@ class RequestParser(_Parser):
     def _accept_head(self, raw: _RawHead) -> tuple[RequestHead, bool]:
         if len(raw.start_line) > self._max_uri_bytes:
             raise HttpError(414, f"request target longer than {self._max_uri_bytes} bytes")
-        self._check_head_size(raw)
+        headers, names, problem = self._scan_head(raw)
         if raw.version not in ("1.0", "1.1"):
             raise HttpError(400 if raw.version == "0.9" else 505, f"HTTP/{raw.version} request")
-        headers = _decode(raw.fields)
-        head = RequestHead(raw.method, raw.start_line.decode("latin-1"), raw.version, headers,
-                           names=tuple(name.lower() for name, _ in headers))
-        problem = _bad_field(head.headers)
         if problem:
             raise HttpError(400, problem)
         try:
-            content_length, chunked = _framing(head, request=True)
+            content_length, chunked = _framing(headers, names, raw.version, request=True)
         except ValueError as exc:
             raise HttpError(400, f"ambiguous request framing: {exc}") from None
-        hosts = len(head.get_all("host"))
+        hosts = names.count("host")
         if hosts > 1:
             raise HttpError(400, "more than one Host header")
         if hosts == 0 and raw.version == "1.1":
@@ -528,8 +529,8 @@ class RequestParser(_Parser):
             raise HttpError(400, "upgrade request with a body")
         self._set_body_phase(content_length, chunked, until_close=False)
         return RequestHead(
-            head.method, head.target, head.version, head.headers, keep_alive=raw.keep_alive,
-            is_upgrade=raw.upgrade, chunked=chunked, content_length=content_length, names=head.names,
+            raw.method, raw.start_line.decode("latin-1"), raw.version, headers, keep_alive=raw.keep_alive,
+            is_upgrade=raw.upgrade, chunked=chunked, content_length=content_length, names=names,
         ), False
 
 
@@ -583,17 +584,13 @@ class ResponseParser(_Parser):
         self._fields = []
 
     def _accept_head(self, raw: _RawHead) -> tuple[ResponseHead, bool]:
-        self._check_head_size(raw)
+        headers, names, problem = self._scan_head(raw)
         if raw.version not in ("1.0", "1.1"):
             raise HttpError(502, f"member answered with HTTP/{raw.version}")
-        headers = _decode(raw.fields)
-        head = ResponseHead(raw.version, raw.status, raw.start_line.decode("latin-1"), headers,
-                            names=tuple(name.lower() for name, _ in headers))
-        problem = _bad_field(head.headers)
         if problem:
             raise HttpError(502, f"response from member: {problem}")
         try:
-            content_length, chunked = _framing(head, request=False)
+            content_length, chunked = _framing(headers, names, raw.version, request=False)
         except ValueError as exc:
             raise HttpError(502, f"ambiguous response framing: {exc}") from None
         if raw.status == 101 and not raw.upgrade:
@@ -609,15 +606,15 @@ class ResponseParser(_Parser):
         until_close = has_body and not chunked and content_length is None
         if has_body:
             self._set_body_phase(content_length, chunked, until_close)
-        keep_alive = raw.keep_alive
+        head = ResponseHead(
+            raw.version, raw.status, raw.start_line.decode("latin-1"), headers,
+            keep_alive=raw.keep_alive and not until_close, chunked=chunked,
+            content_length=content_length, body_until_close=until_close, names=names,
+        )
         if answers_head:
             # llhttp said "read until close" for a head with no framing: it did not know.
-            keep_alive = _wants_keep_alive(head)
-        return ResponseHead(
-            head.version, head.status, head.reason, head.headers,
-            keep_alive=keep_alive and not until_close, chunked=chunked,
-            content_length=content_length, body_until_close=until_close, names=head.names,
-        ), answers_head
+            head.keep_alive = _wants_keep_alive(head) and not until_close
+        return head, answers_head
 
 
 # --- serializers ----------------------------------------------------------------------------------
@@ -625,33 +622,46 @@ class ResponseParser(_Parser):
 LAST_CHUNK = b"0\r\n\r\n"
 
 
-def _header_lines(headers: Iterable[tuple[str, str]]) -> str:
-    lines = []
-    for name, value in headers:
-        if not _TOKEN.fullmatch(name):
-            raise ValueError(f"invalid header name {name!r}")
-        if _BAD_VALUE_CHAR.search(value):
-            raise ValueError(f"CR, LF or NUL in the value of header {name!r}")
-        lines.append(f"{name}: {value}\r\n")
-    return "".join(lines)
-
-
-def serialize_request_head(method: str, target: str, headers: Iterable[tuple[str, str]]) -> bytes:
-    """An HTTP/1.1 request head. ValueError on a field that could split the message."""
+def request_line(method: str, target: str) -> str:
+    """``METHOD target HTTP/1.1``; ValueError on a method or target that could split the message."""
     if not _TOKEN.fullmatch(method):
         raise ValueError(f"invalid method {method!r}")
     if not target or _BAD_TARGET_CHAR.search(target):
         raise ValueError(f"invalid request target {target!r}")
-    return f"{method} {target} HTTP/1.1\r\n{_header_lines(headers)}\r\n".encode("latin-1")
+    return f"{method} {target} HTTP/1.1"
+
+
+def status_line(status: int, reason: str, version: str = "1.1") -> str:
+    if not 100 <= status <= 999 or _BAD_VALUE_CHAR.search(reason) or version not in ("1.0", "1.1"):
+        raise ValueError(f"invalid status line {version!r} {status!r} {reason!r}")
+    return f"HTTP/{version} {status} {reason}"
+
+
+def _with_names(headers: Iterable[tuple[str, str]]) -> tuple[Headers, tuple[str, ...]]:
+    headers = list(headers)
+    return headers, tuple(name.lower() for name, _ in headers)
+
+
+def serialize_request_head(method: str, target: str, headers: Iterable[tuple[str, str]]) -> bytes:
+    """An HTTP/1.1 request head. ValueError on a field that could split the message."""
+    return rewrite_head(request_line(method, target), *_with_names(headers), ())
 
 
 def serialize_response_head(
     status: int, reason: str, headers: Iterable[tuple[str, str]], version: str = "1.1"
 ) -> bytes:
     """A response head. ValueError on a field that could split the message."""
-    if not 100 <= status <= 999 or _BAD_VALUE_CHAR.search(reason) or version not in ("1.0", "1.1"):
-        raise ValueError(f"invalid status line {version!r} {status!r} {reason!r}")
-    return f"HTTP/{version} {status} {reason}\r\n{_header_lines(headers)}\r\n".encode("latin-1")
+    return rewrite_head(status_line(status, reason, version), *_with_names(headers), ())
+
+
+def response_head_for_client(rh: ResponseHead, tail: Headers) -> bytes:
+    """A member's response head as the client gets it (HTTP/1.1): hop-by-hop headers removed,
+    ``tail`` (Connection, Transfer-Encoding, Set-Cookie... of this hop) appended."""
+    headers, names = rh.headers, rh.names
+    if len(names) != len(headers):
+        headers, names = _with_names(headers)
+    reason = rh.reason or ("Switching Protocols" if rh.status == 101 else "")
+    return rewrite_head(status_line(rh.status, reason), headers, names, hop_by_hop_names(headers, names), tail)
 
 
 def encode_chunk(data: bytes) -> bytes:

@@ -17,6 +17,7 @@ class ProxyState:
     sweeper: object = None  # idle.IdleSweeper: the WebSocket idle timeouts
     sessions: set = field(default_factory=set)
     draining: bool = False
+    loop: object = None  # the running loop, set at start: sessions need not look it up
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,13 @@ from wsproxy.config.schema import effective_proxy_protocol
 from wsproxy.errors import HttpError, UpstreamError
 from wsproxy.protocol import http1, proxy_header
 from wsproxy.protocol.cookies import cookie_value, without_cookie
-from wsproxy.protocol.forwarding import forwarded_headers, strip_hop_by_hop
+from wsproxy._speedups import rewrite_head
+from wsproxy.protocol.forwarding import _CLIENT_CLAIMS, HOP_BY_HOP, forwarding_plan, hop_by_hop_names
 from wsproxy.proxy.endpoint import DISCARD
+from wsproxy.proxy.timers import wait_until
 from wsproxy.proxy.upstream import connect_to_pool
 
+_REQUEST_DROP = HOP_BY_HOP | _CLIENT_CLAIMS  # the usual request: untrusted peer, plain Connection
 _CLIENT = "client"
 _UPSTREAM = "upstream"
 
@@ -40,33 +43,36 @@ class ClientGone(Exception):
     pass
 
 
-def request_headers_for_member(session, head, *, upgrade: bool = False,
-                               drop_cookie: str | None = None) -> list[tuple[str, str]]:
-    """The client's headers, hop-by-hop removed, X-Forwarded-*/Forwarded added.
+def member_request_head(session, head, *, upgrade: bool = False, drop_cookie: str | None = None) -> bytes:
+    """The request head for the member, in one pass: the client's headers with hop-by-hop
+    ones removed and X-Forwarded-*/Forwarded set for this hop, then Connection/Upgrade (an
+    upgrade) or Transfer-Encoding (a chunked body, re-chunked by us). ValueError on a field
+    that could split the message.
 
     ``drop_cookie``: the sticky cookie, which is the proxy's own and never reaches members
     (HAProxy's ``cookie ... insert indirect``).
     """
     ctx = session.ctx
-    headers = strip_hop_by_hop(head.headers)
+    headers, names = head.headers, head.names
     if drop_cookie is not None:
         headers = without_cookie(headers, drop_cookie)
-    if head.get("host") is None:
-        # HTTP/1.0 allows no Host, but we forward as HTTP/1.1, which requires one (RFC 9112 §3.2).
-        headers.insert(0, ("Host", str(session.ctx.config.bind)))
-    headers = forwarded_headers(
-        headers,
-        client_ip=session.client_ip,
-        proto=ctx.proto,
-        host=head.get("host"),
-        trusted=ctx.trusted.contains(session.client_ip),
-    )
+        names = ()
+    if len(names) != len(headers):  # a head built by hand, or the cookie rewritten
+        names = tuple(name.lower() for name, _ in headers)
+    hop = hop_by_hop_names(headers, names)
+    host = head.get("host")
+    # HTTP/1.0 allows no Host, but we forward as HTTP/1.1, which requires one (RFC 9112 §3.2).
+    first = ("Host", str(ctx.config.bind)) if host is None else None
+    trusted = ctx.trusted.contains(session.client_ip)
+    claims, tail = forwarding_plan(headers, names, skip=hop, client_ip=session.client_ip, proto=ctx.proto,
+                                   host=host, trusted=trusted)
     if upgrade:
-        headers.append(("Connection", "Upgrade"))
-        headers.append(("Upgrade", head.get("upgrade") or "websocket"))
+        tail.append(("Connection", "Upgrade"))
+        tail.append(("Upgrade", head.get("upgrade") or "websocket"))
     elif head.chunked:
-        headers.append(("Transfer-Encoding", "chunked"))
-    return headers
+        tail.append(("Transfer-Encoding", "chunked"))
+    drop = _REQUEST_DROP if hop is HOP_BY_HOP and claims is _CLIENT_CLAIMS else hop | claims
+    return rewrite_head(http1.request_line(head.method, head.target), headers, names, drop, tail, first)
 
 
 class HttpExchange:
@@ -77,7 +83,7 @@ class HttpExchange:
         self.route = route
         self.pool = pool
         self.started = started
-        self.loop = asyncio.get_running_loop()
+        self.loop = session.loop
         self.up = None
         self.parser: http1.ResponseParser | None = None
         self.head_future: asyncio.Future | None = None
@@ -109,8 +115,8 @@ class HttpExchange:
             return False
         return await self.stream_response()
 
-    def member_headers(self) -> list[tuple[str, str]]:
-        return request_headers_for_member(self.session, self.head, drop_cookie=self._sticky_name())
+    def member_request_head(self) -> bytes:
+        return member_request_head(self.session, self.head, drop_cookie=self._sticky_name())
 
     def _sticky_name(self) -> str | None:
         return self.pool.sticky.name if self.pool.sticky is not None else None
@@ -165,7 +171,8 @@ class HttpExchange:
         connect_args = self._connect_args()
         while True:
             try:
-                self.up = await connect_to_pool(self.pool, session.ctx.state.idle, reuse=reuse, **connect_args)
+                self.up = await connect_to_pool(self.pool, session.ctx.state.idle, reuse=reuse, loop=self.loop,
+                                                **connect_args)
             except UpstreamError as exc:
                 extra = (("Retry-After", str(exc.retry_after)),) if exc.retry_after and exc.status == 503 else ()
                 self._fail(exc.status, exc.reason, extra_headers=extra)
@@ -184,13 +191,12 @@ class HttpExchange:
             self._start_response()
             ep = self.up.endpoint
             ep.sink = self
-            ep.write(http1.serialize_request_head(self.head.method, self.head.target, self.member_headers()))
+            ep.write(self.member_request_head())
             if not self.body_attached:
                 self.body_attached = True
                 session.attach_body(self)
             try:
-                async with asyncio.timeout(cfg.response_timeout):
-                    await self.head_future
+                await wait_until(self.loop, self.head_future, self.loop.time() + cfg.response_timeout)
                 break
             except TimeoutError:
                 self._finish_upstream(reusable=False)
@@ -355,13 +361,13 @@ class HttpExchange:
     def _response_head(self, rh) -> None:
         self.response_head = rh
         self.status = rh.status
-        headers = strip_hop_by_hop(rh.headers)
+        tail = []
         client_11 = self.head.version != "1.0"
         if self.head.method == "HEAD" or rh.status in (204, 304):
             self.to_client = "none"
         elif rh.chunked and client_11:
             self.to_client = "chunked"
-            headers.append(("Transfer-Encoding", "chunked"))
+            tail.append(("Transfer-Encoding", "chunked"))
         elif rh.content_length is not None and not rh.chunked:
             self.to_client = "length"
         else:
@@ -369,11 +375,11 @@ class HttpExchange:
         if self.to_client == "close" or self.session.ctx.state.draining:
             self.keep_alive = False
         if not self.keep_alive:
-            headers.append(("Connection", "close"))
+            tail.append(("Connection", "close"))
         elif not client_11:
-            headers.append(("Connection", "keep-alive"))
-        headers += self.sticky_headers()
-        self._to_client(http1.serialize_response_head(rh.status, rh.reason, headers))
+            tail.append(("Connection", "keep-alive"))
+        tail += self.sticky_headers()
+        self._to_client(http1.response_head_for_client(rh, tail))
         if not self.head_future.done():
             self.head_future.set_result(rh)
 

@@ -24,6 +24,7 @@ from wsproxy.logs import access, event
 from wsproxy.protocol import http1
 from wsproxy.protocol.handshake import is_websocket_request
 from wsproxy.proxy.http_exchange import HttpExchange
+from wsproxy.proxy.timers import wait_until
 from wsproxy.proxy.websocket import WebSocketExchange
 
 _QUEUE = "queue"  # pause reason: parsed events wait for the session
@@ -44,7 +45,7 @@ class ClientSession:
         self.ctx = ctx
         self.cfg = ctx.config
         self.ep = endpoint
-        self.loop = asyncio.get_running_loop()
+        self.loop = ctx.state.loop or asyncio.get_running_loop()
         self.parser = http1.RequestParser(
             max_head_bytes=self.cfg.max_head_bytes,
             max_headers=self.cfg.max_headers,
@@ -171,8 +172,7 @@ class ClientSession:
             if timeout_at is None:
                 await self.waiter
             else:
-                async with asyncio.timeout_at(timeout_at):
-                    await self.waiter
+                await wait_until(self.loop, self.waiter, timeout_at)
         finally:
             self.waiter = None
 

@@ -66,8 +66,9 @@ class IdleConnections:
                 ep.close()
 
 
-async def open_connection(member, timeout: float, proxy_header: bytes | None = None, sink=None) -> Endpoint:
-    loop = asyncio.get_running_loop()
+async def open_connection(member, timeout: float, proxy_header: bytes | None = None, sink=None,
+                          loop: asyncio.AbstractEventLoop | None = None) -> Endpoint:
+    loop = loop or asyncio.get_running_loop()
     host, port = member.addr.host, member.addr.port
     # asyncio.timeout, not wait_for: wait_for wraps the connect in a Task of its own, a
     # cost paid on every member connection (benchmarks: µs CPU per handshake).
@@ -95,7 +96,7 @@ class Upstream:
 
 async def connect_to_pool(pool, idle: IdleConnections | None, *, reuse: bool = True, key: bytes | None = None,
                           prefer=None, proxy_header: bytes | None = None, on_queued=None,
-                          sink=None) -> Upstream:
+                          sink=None, loop: asyncio.AbstractEventLoop | None = None) -> Upstream:
     """Pick a member (waiting in the queue when all are full), connect, retry on another member.
 
     The member is acquired on return; the caller must ``pool.release(upstream.member)`` when
@@ -103,7 +104,8 @@ async def connect_to_pool(pool, idle: IdleConnections | None, *, reuse: bool = T
     connection (and a parked one is never reused then: it carried another client's header).
     ``on_queued(future)`` is called if the request has to wait: the caller may set an
     exception on that future to stop waiting (its client went away). ``sink``: the new
-    endpoint's first sink (default DISCARD), for members that may speak first (tcp).
+    endpoint's first sink (default DISCARD), for members that may speak first (tcp). ``loop``:
+    the running loop, when the caller has it at hand.
     """
     cfg = pool.config
     avoid: list = []
@@ -125,7 +127,7 @@ async def connect_to_pool(pool, idle: IdleConnections | None, *, reuse: bool = T
             if ep is not None:
                 return Upstream(pool, member, ep, True, attempt, queued)
         try:
-            ep = await open_connection(member, cfg.connect_timeout, proxy_header, sink)
+            ep = await open_connection(member, cfg.connect_timeout, proxy_header, sink, loop)
         except (OSError, TimeoutError) as exc:
             pool.release(member)
             why = "connect timeout" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))

@@ -15,8 +15,7 @@ from wsproxy.logs import access
 from wsproxy.protocol import http1
 from wsproxy.protocol.handshake import (check_server_accept, negotiated_rsv, origin_allowed,
                                         validate_client_handshake)
-from wsproxy.protocol.forwarding import strip_hop_by_hop
-from wsproxy.proxy.http_exchange import HttpExchange, request_headers_for_member
+from wsproxy.proxy.http_exchange import HttpExchange, member_request_head
 from wsproxy.proxy.relay import WsRelay
 
 
@@ -27,8 +26,8 @@ class WebSocketExchange(HttpExchange):
         self.member_leftover = bytearray()
         self.keep_alive = False  # the client's parser stopped at the upgrade head
 
-    def member_headers(self) -> list[tuple[str, str]]:
-        return request_headers_for_member(self.session, self.head, upgrade=True, drop_cookie=self._sticky_name())
+    def member_request_head(self) -> bytes:
+        return member_request_head(self.session, self.head, upgrade=True, drop_cookie=self._sticky_name())
 
     async def run(self) -> bool:
         head, route = self.head, self.route
@@ -62,10 +61,8 @@ class WebSocketExchange(HttpExchange):
         (the session task ends): an idle WebSocket then costs only the relay, its two
         endpoints and the strings of its access-log line.
         """
-        headers = strip_hop_by_hop(rh.headers)
-        headers += [("Upgrade", "websocket"), ("Connection", "Upgrade")]
-        headers += self.sticky_headers()
-        self._to_client(http1.serialize_response_head(101, rh.reason or "Switching Protocols", headers))
+        tail = [("Upgrade", "websocket"), ("Connection", "Upgrade"), *self.sticky_headers()]
+        self._to_client(http1.response_head_for_client(rh, tail))
         cfg = self.pool.config
         route = self.route
         session = self.session
