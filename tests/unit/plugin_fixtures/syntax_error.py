@@ -1,0 +1,7 @@
+from wsproxy.plugin import Plugin, on
+
+
+class Broken(Plugin):
+    @on("HTTP_REQUEST")
+    def req(self, ctx, req)
+        pass
