@@ -68,6 +68,8 @@ class Variant:
 
 
 NOOP_PLUGIN = f'[[plugins]]\npath = "{CONFIGS / "noop.lua"}"\n'
+NOOP_PY_PLUGIN = f'[[plugins]]\npath = "{CONFIGS / "noop.py"}"\n'
+READ_PLUGIN = f'[[plugins]]\npath = "{CONFIGS / "read.lua"}"\n'
 
 VARIANTS = [
     Variant("direct", "direct", "direct"),
@@ -75,7 +77,10 @@ VARIANTS = [
     Variant("nginx", "NGINX", "nginx"),
     Variant("wsproxy-track", "wsproxy track", "wsproxy", "track"),
     Variant("wsproxy-raw", "wsproxy raw", "wsproxy", "raw"),
-    Variant("wsproxy-inspect", "wsproxy inspect", "wsproxy", "inspect", extra=NOOP_PLUGIN, na="n/a (issue #5)"),
+    Variant("wsproxy-inspect", "wsproxy inspect (no-op Lua WS_FRAME)", "wsproxy", "inspect", extra=NOOP_PLUGIN),
+    Variant("wsproxy-inspect-py", "wsproxy inspect (no-op Python WS_FRAME)", "wsproxy", "inspect", extra=NOOP_PY_PLUGIN),
+    Variant("wsproxy-inspect-read", "wsproxy inspect (Lua WS_MESSAGE reads payload)", "wsproxy", "inspect",
+            extra=READ_PLUGIN),
     Variant("wsproxy-track-pure", "wsproxy track (pure)", "wsproxy", "track", build="py"),
     Variant("wsproxy-raw-pure", "wsproxy raw (pure)", "wsproxy", "raw", build="py"),
 ]

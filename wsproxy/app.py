@@ -15,6 +15,7 @@ import socket
 from wsproxy import __version__, _speedups
 from wsproxy.balancing import Pool
 from wsproxy.logs import ACCESS, event, setup_logging
+from wsproxy.plugin_setup import load_chains
 from wsproxy.protocol.forwarding import TrustedProxies
 from wsproxy.proxy.context import ListenerContext, ProxyState
 from wsproxy.proxy.endpoint import Endpoint
@@ -65,6 +66,7 @@ class App:
         self.config = config
         self.state = ProxyState(idle=IdleConnections(), sweeper=IdleSweeper())
         self.pools = {name: Pool(cfg) for name, cfg in config.pools.items()}
+        self.chains = load_chains(config)  # ConfigErrors if a plugin fails to load
         self.contexts = {
             name: ListenerContext(
                 config=lc,
@@ -72,6 +74,7 @@ class App:
                 pools=self.pools,
                 trusted=TrustedProxies(lc.trusted_proxies),
                 state=self.state,
+                plugins=self.chains[name],
             )
             for name, lc in config.listeners.items()
         }

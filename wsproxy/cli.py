@@ -26,6 +26,20 @@ def _load(path: str):
         sys.exit(1)
 
 
+def _load_plugins(config):
+    """Load the config's plugins (a failure is reported like any config error)."""
+    from wsproxy.errors import ConfigErrors
+    from wsproxy.plugin_setup import load_chains
+
+    try:
+        return load_chains(config)
+    except ConfigErrors as exc:
+        click.echo(f"{exc.source}: {len(exc.errors)} error(s)", err=True)
+        for error in exc.errors:
+            click.echo(f"  {error}", err=True)
+        sys.exit(1)
+
+
 def _run(config_path: str, log_level: str | None, log_format: str | None) -> None:
     from wsproxy import app
 
@@ -71,7 +85,8 @@ def check(config_path) -> None:
     from wsproxy.config import format_plan
 
     config = _load(config_path)
-    click.echo(format_plan(config))
+    chains = _load_plugins(config)
+    click.echo(format_plan(config, chains))
     click.echo(f"{config_path}: OK")
 
 

@@ -140,7 +140,6 @@ def test_config_md_example_supported_subset() -> None:
 def test_config_md_example_verbatim_reports_only_not_supported_features() -> None:
     assert errors_of(EXAMPLE) == [
         "server.admin: " + validate.NOT_SUPPORTED_YET["server.admin"],
-        "plugins: " + validate.NOT_SUPPORTED_YET["plugins"],
     ]
 
 

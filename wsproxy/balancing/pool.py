@@ -29,6 +29,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Callable, Collection, Iterable
 
 from wsproxy.balancing import BALANCERS, Balancer
+from wsproxy.balancing.hashing import MaglevHash
 from wsproxy.balancing.member import DOWN, UP, Member
 from wsproxy.balancing.sticky import StickyCookie
 from wsproxy.errors import ConfigError
@@ -58,6 +59,7 @@ class Pool:
         self._wants_key: bool = getattr(self.balancer, "wants_key", False)
         self.fallback: Balancer | None = self._fallback_balancer(config) if self._wants_key else None
         self.hash_fallbacks = 0
+        self._key_table: MaglevHash | None = None  # for plugin hash keys on pools of other balancers
         self.sticky: StickyCookie | None = (
             StickyCookie(config.name, config.persist, self.members) if config.persist is not None else None
         )
@@ -83,13 +85,15 @@ class Pool:
     # -- choosing -----------------------------------------------------------------------
 
     def pick(self, avoid: Collection[Member] = (), key: bytes | None = None,
-             prefer: Member | None = None) -> Member | None:
+             prefer: Member | None = None, plugin_key: bytes | None = None) -> Member | None:
         """A member for a new connection, or None when none is available.
 
         ``key`` (the request's hash key) is for balance = "hash" and ignored otherwise; None
         there means the request has no key, and ``hash_fallback`` picks instead.
-        ``prefer`` (the member a sticky cookie names) wins when it may take the connection;
-        when it is down, full or already tried, the balancer picks as if it were not given.
+        ``prefer`` (the member a sticky cookie or a plugin names) wins when it may take the
+        connection; when it is down, full or already tried, the balancer picks as if it were
+        not given. ``plugin_key`` (a plugin's ``ctx:hash_key``) hashes with Maglev whatever
+        the pool's balancer, the way iRules ``persist hash`` does.
         """
         now = self.clock()
         candidates = [m for m in self.members if self._eligible(m, now) and m not in avoid]
@@ -97,6 +101,10 @@ class Pool:
             return None
         if prefer is not None and prefer in candidates:
             member = prefer
+        elif plugin_key is not None:
+            if self._key_table is None:
+                self._key_table = self.balancer if self._wants_key else MaglevHash(self.members)
+            member = self._key_table.pick(candidates, plugin_key)  # type: ignore[call-arg]
         elif not self._wants_key:
             member = self.balancer.pick(candidates)
         elif key is not None:
@@ -111,6 +119,17 @@ class Pool:
             member.down_until = now + self.config.down_time
         member.picks += 1
         return member
+
+    def member_named(self, addr: str) -> Member | None:
+        """The member at ``addr`` ("host:port", as config and plugins write it), or None."""
+        for member in self.members:
+            if str(member.addr) == addr:
+                return member
+        return None
+
+    def available(self, member: Member) -> bool:
+        """May ``member`` take a new connection now (up, or due for a retry, and not full)?"""
+        return self._eligible(member, self.clock())
 
     def _eligible(self, member: Member, now: float) -> bool:
         if member.active >= member.max_conns:

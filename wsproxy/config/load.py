@@ -61,7 +61,8 @@ TLS_KEYS = ("cert", "key")
 PERSIST_KEYS = ("cookie", "secret", "max_age")
 QUEUE_KEYS = ("size", "timeout")
 HEALTH_KEYS = ("type", "path", "interval", "timeout", "rise", "fall")
-PLUGIN_KEYS = ("path", "listeners", "options")
+PLUGIN_KEYS = ("path", "listeners", "options", "on_error", "runtime", "limits")
+PLUGIN_LIMIT_KEYS = ("memory", "instructions", "timeout")
 
 # Every value the schema understands; some are refused later by validate.NOT_SUPPORTED_YET.
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -712,9 +713,33 @@ def _read_plugins(r: _Reader, raw: Any) -> tuple[PluginConfig, ...]:
         plugin_path = r.value(table, "path", path, _plugin_path, required='a .lua or .py file like "plugins/x.lua"')
         listeners = r.items(table, "listeners", path, _name_ref("listener", "public"))
         options = r.value(table, "options", path, _options, {})
+        on_error = r.value(table, "on_error", path, _choice(("abort", "continue", "disable")), None)
+        runtime = r.value(table, "runtime", path, _choice(("lua54", "luajit")), None)
+        limits = _read_plugin_limits(r, table, path)
+        if runtime is not None and plugin_path is not None and not plugin_path.endswith(".lua"):
+            r.error(f"{path}.runtime", "runtime chooses the Lua VM; it applies to .lua plugins only")
         if plugin_path is not None:
-            plugins.append(PluginConfig(index, plugin_path, listeners, MappingProxyType(dict(options))))
+            plugins.append(PluginConfig(index, plugin_path, listeners, MappingProxyType(dict(options)),
+                                        on_error=on_error, runtime=runtime, limits=MappingProxyType(limits)))
     return tuple(plugins)
+
+
+def _read_plugin_limits(r: _Reader, table: dict, path: str) -> dict:
+    """limits = { memory = "16MiB", instructions = 1000000, timeout = "5s" } (all optional)."""
+    raw = table.get("limits")
+    if raw is None:
+        return {}
+    where = f"{path}.limits"
+    limits_table = r.table(raw, where, 'a table like { memory = "16MiB", instructions = 1000000 }')
+    if limits_table is None:
+        return {}
+    r.known_keys(limits_table, where, PLUGIN_LIMIT_KEYS)
+    limits = {
+        "memory": r.value(limits_table, "memory", where, _size(256 * 1024), None),
+        "instructions": r.value(limits_table, "instructions", where, _integer(1000), None),
+        "timeout": r.value(limits_table, "timeout", where, _duration(), None),
+    }
+    return {key: value for key, value in limits.items() if value is not None}
 
 
 def _options(value: Any) -> dict:

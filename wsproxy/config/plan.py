@@ -21,11 +21,15 @@ from wsproxy.config.units import format_size as size
 Row = list[str]
 
 
-def format_plan(config: Config) -> str:
+def format_plan(config: Config, chains: dict | None = None) -> str:
+    """The plan ``wsproxy check`` prints. ``chains``: listener -> PluginChain (plugin_setup),
+    to show each route's plugins and the relay mode they imply."""
+    chains = chains or {}
     lines = [f"config {config.source}", _server_line(config), ""]
 
     route_rows = {
-        name: [_route_row(config, route) for route in listener.routes] for name, listener in config.listeners.items()
+        name: [_route_row(config, route, chains.get(name)) for route in listener.routes]
+        for name, listener in config.listeners.items()
     }
     route_widths = _widths([row for rows in route_rows.values() for row in rows])
     for name, listener in config.listeners.items():
@@ -97,13 +101,19 @@ def _route_match(route: RouteConfig) -> str:
     return "  ".join(keys) or "(catch-all)"
 
 
-def _route_row(config: Config, route: RouteConfig) -> Row:
+def _route_row(config: Config, route: RouteConfig, chain=None) -> Row:
     # "(route)" marks a value set on the route itself rather than inherited from the pool.
     relay = effective_relay(config, route) + (" (route)" if route.relay is not None else "")
+    if chain is not None and chain.frame_events:
+        relay = "inspect (frame plugins)"
     idle = dur(effective_ws_idle_timeout(config, route)) + (" (route)" if route.ws_idle_timeout is not None else "")
     row = [f"routes[{route.index}]", _route_match(route), f"-> pool {route.pool}", f"relay {relay}", f"ws_idle {idle}"]
     if route.allowed_origins:
         row.append("origins " + ", ".join(route.allowed_origins))
+    if chain is not None:
+        from wsproxy.plugin_setup import chain_summary
+
+        row.append("plugins " + chain_summary(chain))
     return row
 
 
@@ -155,6 +165,12 @@ def _member_row(member) -> Row:
 def _plugin_row(plugin) -> Row:
     listeners = ", ".join(plugin.listeners) if plugin.listeners is not None else "every http listener"
     row = [f"plugins[{plugin.index}]", plugin.path, f"listeners: {listeners}"]
+    if plugin.on_error:
+        row.append(f"on_error {plugin.on_error}")
+    if plugin.runtime:
+        row.append(f"runtime {plugin.runtime}")
+    if plugin.limits:
+        row.append("limits " + ", ".join(f"{k} {v}" for k, v in plugin.limits.items()))
     if plugin.options:
         row.append("options: " + ", ".join(plugin.options))
     return row

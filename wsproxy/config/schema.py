@@ -144,6 +144,9 @@ class PluginConfig:
     path: str  # .lua or .py, as written
     listeners: tuple[str, ...] | None = None  # None = every http listener
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    on_error: str | None = None  # abort | continue | disable; None = the plugin's own, else abort
+    runtime: str | None = None  # Lua only: lua54 (default) | luajit
+    limits: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))  # memory, instructions, timeout
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,14 +34,7 @@ NOT_SUPPORTED_YET: dict[str, str] = {
     ),
     "listener.tls": "TLS is not supported yet (it arrives with issue #7); remove the key",
     "listener.redirect_https": "redirect_https is not supported yet (it arrives with issue #7); remove the key",
-    "route.relay=inspect": (
-        '"inspect" is not supported yet (it arrives with issue #5); expected "raw" or "track"'
-    ),
-    "pool.relay=inspect": (
-        '"inspect" is not supported yet (it arrives with issue #5); expected "raw" or "track"'
-    ),
     "pool.health": "health checks are not supported yet (they arrive with issue #6); remove the key",
-    "plugins": "plugins are not supported yet (they arrive with issue #5); remove the [[plugins]] tables",
 }
 
 
@@ -223,7 +216,4 @@ def _check_not_supported(config: Config) -> Iterator[ConfigError]:
         for field_name in ("persist", "health", "proxy_protocol"):
             if getattr(pool, field_name) is not None:
                 yield from _not_supported(f"pool.{field_name}", f"{base}.{field_name}")
-
-    if config.plugins:
-        yield from _not_supported("plugins", "plugins")
 

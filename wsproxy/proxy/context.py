@@ -28,3 +28,4 @@ class ListenerContext:
     trusted: object  # protocol.forwarding.TrustedProxies
     state: ProxyState
     proto: str = "http"
+    plugins: object = None  # scripting.PluginChain of this listener, or None (no plugin applies)

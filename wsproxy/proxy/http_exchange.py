@@ -27,6 +27,24 @@ from wsproxy.proxy.upstream import connect_to_pool
 
 _REQUEST_DROP = HOP_BY_HOP | _CLIENT_CLAIMS  # the usual request: untrusted peer, plain Connection
 _CLIENT = "client"
+_PLUGINS = "plugins"  # pause reason: member events wait for HTTP_RESPONSE plugins
+_MAX_POOL_SWITCHES = 3  # reselects to another pool, per request
+
+
+class Reselect(Exception):
+    """LB_SELECTED said: use another pool."""
+
+    def __init__(self, pool: str) -> None:
+        super().__init__(pool)
+        self.pool = pool
+
+
+class PluginAbort(Exception):
+    """A plugin failed under on_error = "abort" in an LB event."""
+
+    def __init__(self, verdict) -> None:
+        super().__init__(verdict.kind)
+        self.verdict = verdict
 _UPSTREAM = "upstream"
 
 
@@ -43,14 +61,15 @@ class ClientGone(Exception):
     pass
 
 
-def member_request_head(session, head, *, upgrade: bool = False, drop_cookie: str | None = None) -> bytes:
+def member_request_head(session, head, *, upgrade: bool = False, drop_cookie: str | None = None,
+                        drop: frozenset[str] | None = None) -> bytes:
     """The request head for the member, in one pass: the client's headers with hop-by-hop
     ones removed and X-Forwarded-*/Forwarded set for this hop, then Connection/Upgrade (an
     upgrade) or Transfer-Encoding (a chunked body, re-chunked by us). ValueError on a field
     that could split the message.
 
     ``drop_cookie``: the sticky cookie, which is the proxy's own and never reaches members
-    (HAProxy's ``cookie ... insert indirect``).
+    (HAProxy's ``cookie ... insert indirect``). ``drop``: more lowercased names to leave out.
     """
     ctx = session.ctx
     headers, names = head.headers, head.names
@@ -71,8 +90,10 @@ def member_request_head(session, head, *, upgrade: bool = False, drop_cookie: st
         tail.append(("Upgrade", head.get("upgrade") or "websocket"))
     elif head.chunked:
         tail.append(("Transfer-Encoding", "chunked"))
-    drop = _REQUEST_DROP if hop is HOP_BY_HOP and claims is _CLIENT_CLAIMS else hop | claims
-    return rewrite_head(http1.request_line(head.method, head.target), headers, names, drop, tail, first)
+    dropped = _REQUEST_DROP if hop is HOP_BY_HOP and claims is _CLIENT_CLAIMS else hop | claims
+    if drop:
+        dropped = dropped | drop
+    return rewrite_head(http1.request_line(head.method, head.target), headers, names, dropped, tail, first)
 
 
 class HttpExchange:
@@ -104,6 +125,9 @@ class HttpExchange:
         self.queued: asyncio.Future | None = None  # waiting for a slot in the pool's queue
         self.proxy_protocol = effective_proxy_protocol(session.cfg, pool.config)
         self.pick: str | None = None  # how the member was chosen, for the access log
+        self.plugins = session.plugins  # plugin_hooks.ConnectionPlugins or None
+        self.held: list | None = None  # member events held while HTTP_RESPONSE plugins run
+        self.pool_switches = 0  # LB_FAILED / LB_SELECTED "reselect" to another pool
         sticky = pool.sticky
         # The member the request's sticky cookie names (None: no cookie, forged or stale).
         self.sticky_member = sticky.member_for(cookie_value(head.headers, sticky.name)) if sticky else None
@@ -140,8 +164,68 @@ class HttpExchange:
             # peer/local: the client and the address it connected to, as announced by a
             # trusted front balancer under accept_proxy, else the TCP connection's own.
             header = proxy_header.build(self.proxy_protocol, session.ep.peer, session.ep.local)
-        return {"key": key, "prefer": self.sticky_member, "proxy_header": header,
-                "on_queued": self._on_queued}
+        args = {"key": key, "prefer": self.sticky_member, "proxy_header": header, "on_queued": self._on_queued}
+        routing = session.routing
+        if routing is not None:
+            if routing.member is not None:
+                # ctx:use_member: preferred like a sticky cookie's member (balanced normally
+                # when it is gone or full); strict: that member or 503.
+                member = pool.member_named(routing.member)
+                if routing.strict and (member is None or not pool.available(member)):
+                    raise UpstreamError(503, "a plugin chose member %s of pool %s, which is %s" % (
+                        routing.member, pool.name, "not in the pool" if member is None else "not available"))
+                if member is not None:
+                    args["prefer"] = member
+            if routing.hash_key is not None:
+                args["plugin_key"] = routing.hash_key
+        if self.plugins is not None and self.plugins.chain.hooks("LB_SELECTED"):
+            args["on_selected"] = self._on_selected
+        return args
+
+    def _on_selected(self, member, attempt: int) -> bool:
+        """LB_SELECTED: False to pick again (another member); ``Reselect`` to change pools."""
+        verdict = self.plugins.selected(self.pool.name, str(member.addr), attempt)
+        if verdict is None:
+            return True
+        if verdict.kind == "reselect":
+            if verdict.pool is not None and verdict.pool != self.pool.name:
+                raise Reselect(verdict.pool)
+            return False
+        raise PluginAbort(verdict)
+
+    def _switch_pool(self, name: str) -> bool:
+        """Move this request to pool ``name`` (a plugin's reselect); False when impossible."""
+        pool = self.session.ctx.pools.get(name)
+        self.pool_switches += 1
+        if pool is None or self.pool_switches > _MAX_POOL_SWITCHES:
+            return False
+        self.pool = pool
+        self.proxy_protocol = effective_proxy_protocol(self.session.cfg, pool.config)
+        sticky = pool.sticky
+        self.sticky_member = sticky.member_for(cookie_value(self.head.headers, sticky.name)) if sticky else None
+        self.session.routing = None  # the choices were about the old pool
+        return True
+
+    def _lb_failed(self, reason: str, detail: str, status: int | None = None) -> str | None:
+        """LB_FAILED: "retry" after switching pools, "answered" when a plugin answered,
+        None to answer as usual."""
+        if self.plugins is None:
+            return None
+        verdict = self.plugins.failed(self.pool.name, self.member_addr, self.pool_switches + 1, reason, status=status)
+        if verdict is None:
+            return None
+        if verdict.kind == "reselect" and verdict.pool is not None:
+            if self._switch_pool(verdict.pool):
+                return "retry"
+            self._fail(502, "%s; a plugin reselected pool %r, which %s" % (
+                detail, verdict.pool, "does not exist" if verdict.pool not in self.session.ctx.pools
+                else "was tried too often"))
+            return "answered"
+        if verdict.kind == "reselect":
+            return None  # the same pool again: nothing new to try
+        self.session.plugin_answer(verdict, head=self.head, route=self.route, pool=self.pool.name,
+                                   started=self.started)
+        return "answered"
 
     def _how_picked(self, key: bytes | None) -> str:
         """"cookie" (its sticky cookie's member), "queue" (the first slot freed), "hash_fallback"
@@ -166,16 +250,32 @@ class HttpExchange:
         False means the client has been answered (502/503/504) or is gone.
         """
         session = self.session
-        cfg = self.pool.config
         reuse = True
-        connect_args = self._connect_args()
         while True:
+            cfg = self.pool.config
             try:
+                connect_args = self._connect_args()
                 self.up = await connect_to_pool(self.pool, session.ctx.state.idle, reuse=reuse, loop=self.loop,
                                                 **connect_args)
             except UpstreamError as exc:
+                reason = "no_member" if exc.status == 503 else ("timeout" if "timeout" in exc.reason else "refused")
+                then = self._lb_failed(reason, exc.reason)
+                if then == "retry":
+                    continue
+                if then == "answered":
+                    return False
                 extra = (("Retry-After", str(exc.retry_after)),) if exc.retry_after and exc.status == 503 else ()
                 self._fail(exc.status, exc.reason, extra_headers=extra)
+                return False
+            except Reselect as switch:
+                if self._switch_pool(switch.pool):
+                    continue
+                self._fail(502, "a plugin reselected pool %r, which does not exist or was tried too often"
+                           % switch.pool)
+                return False
+            except PluginAbort as stop:
+                self.session.plugin_answer(stop.verdict, head=self.head, route=self.route, pool=self.pool.name,
+                                           started=self.started)
                 return False
             except ClientGone:
                 self._log(None, "client closed while the request waited in the queue")
@@ -188,6 +288,8 @@ class HttpExchange:
                 self._log(None, "client closed before the request was sent")
                 return False
             self.member_addr = str(self.up.member.addr)
+            if self.plugins is not None:
+                self.plugins.routed(self.pool.name, self.member_addr)  # ctx.pool / ctx.member
             self._start_response()
             ep = self.up.endpoint
             ep.sink = self
@@ -220,8 +322,27 @@ class HttpExchange:
                 return False
         return True
 
+    async def _respond_after_plugins(self) -> bool:
+        """HTTP_RESPONSE plugins edit the head; then it goes out and the held events follow.
+        False when a plugin failed under on_error = "abort" (the client got a 500)."""
+        rh = self.response_head
+        verdict = await self.plugins.response(rh)
+        if verdict is not None:
+            self._finish_upstream(reusable=False)
+            self.session.plugin_answer(verdict, head=self.head, route=self.route, pool=self.pool.name,
+                                       started=self.started)
+            return False
+        held, self.held = self.held, None
+        self._response_head(rh)
+        self._deliver(held)
+        if self.up is not None:
+            self.up.endpoint.resume_reading(_PLUGINS)
+        return True
+
     async def stream_response(self) -> bool:
         """The head is on its way to the client; the body streams from on_data."""
+        if self.held is not None and not await self._respond_after_plugins():
+            return False
         try:
             await self.done_future
         except (MemberLost, HttpError) as exc:
@@ -327,7 +448,18 @@ class HttpExchange:
         self._deliver(events)
 
     def _deliver(self, events) -> None:
-        for ev in events:
+        if self.held is not None:  # HTTP_RESPONSE plugins are running: keep the order
+            self.held.extend(events)
+            return
+        for i, ev in enumerate(events):
+            if (isinstance(ev, http1.ResponseHead) and ev.status >= 200 and self.plugins is not None
+                    and self.plugins.chain.hooks("HTTP_RESPONSE")):
+                self.held = list(events[i + 1:])  # released by _respond_after_plugins
+                self.up.endpoint.pause_reading(_PLUGINS)
+                self.response_head = ev
+                if not self.head_future.done():
+                    self.head_future.set_result(ev)
+                return
             if isinstance(ev, http1.Body):
                 if self.to_client == "chunked":
                     self._to_client(http1.encode_chunk(ev.data))

@@ -18,12 +18,14 @@ import asyncio
 import logging
 import time
 from collections import deque
+from http import HTTPStatus
 
 from wsproxy.errors import HttpError
 from wsproxy.logs import access, event
 from wsproxy.protocol import http1
 from wsproxy.protocol.handshake import is_websocket_request
 from wsproxy.proxy.http_exchange import HttpExchange
+from wsproxy.proxy.plugin_hooks import ConnectionPlugins
 from wsproxy.proxy.timers import wait_until
 from wsproxy.proxy.websocket import WebSocketExchange
 
@@ -66,6 +68,10 @@ class ClientSession:
         self.client_ip = endpoint.peer[0]
         self.task: asyncio.Task | None = None
         self.handed_off = False  # a WebSocket relay owns the client connection now
+        chain = ctx.plugins
+        # This connection's plugins (plugin_hooks.py), or None when none applies here.
+        self.plugins = ConnectionPlugins(chain, self.client_ip) if chain is not None else None
+        self.routing = None  # the current request's plugin routing choices (plugin_hooks.Routing)
 
     # -- sink for the client endpoint (HTTP phase) --------------------------------------
     def on_data(self, ep, data: bytes) -> None:
@@ -178,6 +184,13 @@ class ClientSession:
 
     # -- the session ---------------------------------------------------------------------
     def start(self) -> None:
+        if self.plugins is not None:
+            verdict = self.plugins.accepted()
+            if verdict is not None:  # reject, or a plugin failed under on_error = "abort"
+                event(logging.INFO, "connection rejected by a plugin", client=self.ep.address, verdict=verdict.kind)
+                self.ep.abort()
+                self.plugins.close()
+                return
         self.ctx.state.sessions.add(self)
         self.task = self.loop.create_task(self.run())
 
@@ -203,6 +216,8 @@ class ClientSession:
         finally:
             if not self.handed_off:
                 self.ep.close()
+                if self.plugins is not None:
+                    self.plugins.close()
             self.ctx.state.sessions.discard(self)
 
     async def _read_head(self):
@@ -240,11 +255,25 @@ class ClientSession:
 
     async def _handle(self, head) -> bool:
         started = time.monotonic()
+        routing = None
+        if self.plugins is not None:
+            verdict, routing = await self.plugins.request(head)
+            if verdict is not None:
+                self.plugin_answer(verdict, head=head, started=started)
+                return False
         route = self.ctx.router.match(head.get("host"), head.path)
         if route is None:
             self.fail(404, "no route matches host %r path %r" % (head.get("host"), head.path), head=head, started=started)
             return False
-        pool = self.ctx.pools[route.pool]
+        pool_name = route.pool
+        if routing is not None and routing.pool is not None:
+            pool_name = routing.pool
+            if pool_name not in self.ctx.pools:
+                self.fail(500, "a plugin chose pool %r, which does not exist" % pool_name, head=head, route=route,
+                          started=started)
+                return False
+        self.routing = routing
+        pool = self.ctx.pools[pool_name]
         if head.is_upgrade and is_websocket_request(head):
             handler = WebSocketExchange(self, head, route, pool, started)
             self.handler = handler
@@ -258,6 +287,40 @@ class ClientSession:
         exchange = HttpExchange(self, head, route, pool, started)
         self.handler = exchange
         return await exchange.run()
+
+    def plugin_answer(self, verdict, *, head=None, route=None, pool=None, started=None) -> None:
+        """A plugin's verdict before the upgrade: respond, redirect, reject (reset), or abort
+        (a plugin failed under on_error = "abort": 500). The connection closes after it."""
+        kind = verdict.kind
+        if kind == "reject":
+            event(logging.INFO, "request rejected by a plugin", client=self.ep.address)
+            self.log_http(head, None, route=route, pool=pool, reason="rejected by a plugin", started=started)
+            self.eof = True
+            self.ep.abort()
+            return
+        if kind == "abort":
+            error = verdict.reason or "a plugin failed"
+            self.fail(500, error, head=head, route=route, pool=pool, started=started)
+            return
+        if kind == "redirect":
+            status, body, headers = verdict.status or 302, b"", (("Location", verdict.url),)
+        else:  # respond
+            status, body, headers = verdict.status, verdict.body, verdict.headers
+        names = {name.lower() for name, _ in headers}
+        extra = [("Content-Length", str(len(body)))] if "content-length" not in names else []
+        if "content-type" not in names and body:
+            extra.append(("Content-Type", "text/plain; charset=utf-8"))
+        try:
+            reason = HTTPStatus(status).phrase
+        except ValueError:
+            reason = ""
+        answer = http1.serialize_response_head(status, reason, [*headers, *extra, ("Connection", "close")]) + body
+        if not self.ep.closed:
+            self.ep.write(answer)
+        self.log_http(head, status, route=route, pool=pool, bytes_out=len(answer), started=started,
+                      reason=f"answered by a plugin ({kind})")
+        self.eof = True
+        self.ep.linger_close()
 
     def fail(self, status: int, reason: str, *, head=None, route=None, pool=None, member=None,
              started=None, extra_headers=()) -> None:

@@ -96,7 +96,8 @@ class Upstream:
 
 async def connect_to_pool(pool, idle: IdleConnections | None, *, reuse: bool = True, key: bytes | None = None,
                           prefer=None, proxy_header: bytes | None = None, on_queued=None,
-                          sink=None, loop: asyncio.AbstractEventLoop | None = None) -> Upstream:
+                          sink=None, loop: asyncio.AbstractEventLoop | None = None, plugin_key: bytes | None = None,
+                          on_selected=None) -> Upstream:
     """Pick a member (waiting in the queue when all are full), connect, retry on another member.
 
     The member is acquired on return; the caller must ``pool.release(upstream.member)`` when
@@ -105,7 +106,10 @@ async def connect_to_pool(pool, idle: IdleConnections | None, *, reuse: bool = T
     ``on_queued(future)`` is called if the request has to wait: the caller may set an
     exception on that future to stop waiting (its client went away). ``sink``: the new
     endpoint's first sink (default DISCARD), for members that may speak first (tcp). ``loop``:
-    the running loop, when the caller has it at hand.
+    the running loop, when the caller has it at hand. ``plugin_key``: a plugin's hash key
+    (Pool.pick). ``on_selected(member, attempt) -> bool`` (LB_SELECTED plugins) runs before
+    each connect; False means pick another member (this one is avoided); it may also raise
+    to stop, and the member is released first.
     """
     cfg = pool.config
     avoid: list = []
@@ -113,7 +117,7 @@ async def connect_to_pool(pool, idle: IdleConnections | None, *, reuse: bool = T
     queued = False
     attempt = 0
     while attempt < 1 + cfg.retries:
-        member = pool.pick(avoid, key=key, prefer=prefer)
+        member = pool.pick(avoid, key=key, prefer=prefer, plugin_key=plugin_key)
         if member is not None:
             pool.acquire(member)
         elif pool.can_queue(avoid) and cfg.queue.size > 0:
@@ -122,6 +126,17 @@ async def connect_to_pool(pool, idle: IdleConnections | None, *, reuse: bool = T
         else:
             break
         attempt += 1
+        if on_selected is not None:
+            try:
+                go = on_selected(member, attempt)
+            except BaseException:
+                pool.release(member)
+                raise
+            if not go:
+                pool.release(member)
+                avoid.append(member)
+                attempt -= 1  # a plugin's reselect is not a failed attempt
+                continue
         if reuse and idle is not None and proxy_header is None:
             ep = idle.get(member.addr)
             if ep is not None:

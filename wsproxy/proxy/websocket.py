@@ -16,7 +16,35 @@ from wsproxy.protocol import http1
 from wsproxy.protocol.handshake import (check_server_accept, negotiated_rsv, origin_allowed,
                                         validate_client_handshake)
 from wsproxy.proxy.http_exchange import HttpExchange, member_request_head
+from wsproxy.proxy.inspect_relay import InspectRelay
 from wsproxy.proxy.relay import WsRelay
+
+_EXTENSIONS = frozenset({"sec-websocket-extensions"})
+
+
+def _relay_mode(route, chain, pool_config) -> str:
+    """The relay mode: inspect when a plugin hooks frames on this listener, else the
+    route's own mode, else its pool's (config.schema.effective_relay)."""
+    if chain is not None and chain.frame_events:
+        return "inspect"
+    return route.relay or pool_config.relay
+
+
+def _apply_ws_open(relay, outcome) -> None:
+    """WS_OPEN's outcome on a track/raw relay: a close (verdict, ctx:close or a failed
+    plugin under on_error = "abort") closes both legs; sends need inspect mode."""
+    if outcome is None:
+        return
+    close = None
+    if outcome.actions is not None and outcome.actions.close is not None:
+        close = outcome.actions.close
+    verdict = outcome.verdict
+    if verdict is not None and verdict.kind == "close":
+        close = (verdict.code, verdict.reason)
+    elif verdict is not None and verdict.kind == "abort":
+        close = (1011, "plugin error")
+    if close is not None:
+        relay.close_both(close[0], close[1])
 
 
 class WebSocketExchange(HttpExchange):
@@ -26,8 +54,18 @@ class WebSocketExchange(HttpExchange):
         self.member_leftover = bytearray()
         self.keep_alive = False  # the client's parser stopped at the upgrade head
 
+    @property
+    def inspect(self) -> bool:
+        """Frames go through InspectRelay: relay = "inspect", or a plugin hooks frames here."""
+        chain = self.plugins.chain if self.plugins is not None else None
+        return _relay_mode(self.route, chain, self.pool.config) == "inspect"
+
     def member_request_head(self) -> bytes:
-        return member_request_head(self.session, self.head, upgrade=True, drop_cookie=self._sticky_name())
+        # On inspect routes permessage-deflate is not offered to the member (inspect_relay.py):
+        # plugins read plaintext, and a replaced message needs no compression state.
+        strip = _EXTENSIONS if self.inspect else None
+        return member_request_head(self.session, self.head, upgrade=True, drop_cookie=self._sticky_name(),
+                                   drop=strip)
 
     async def run(self) -> bool:
         head, route = self.head, self.route
@@ -40,10 +78,22 @@ class WebSocketExchange(HttpExchange):
         if route.allowed_origins and not origin_allowed(head.get("origin"), route.allowed_origins):
             self._fail(403, "origin %r is not allowed on %s" % (head.get("origin"), route.label))
             return False
-        if not await self.forward_request():
-            return False
-        rh = self.response_head
-        if rh.status != 101:
+        while True:
+            if not await self.forward_request():
+                return False
+            rh = self.response_head
+            if rh.status == 101:
+                break
+            # LB_FAILED (reason "status"): a plugin may send the upgrade to another pool.
+            then = self._lb_failed("status", "member %s answered %d" % (self.member_addr, rh.status), rh.status)
+            if then == "retry":
+                self.held = None
+                self._finish_upstream(reusable=False)
+                continue
+            if then == "answered":
+                self.held = None
+                self._finish_upstream(reusable=False)
+                return False
             return await self.stream_response()
         try:
             check_server_accept(head.get("sec-websocket-key"), rh)
@@ -51,10 +101,35 @@ class WebSocketExchange(HttpExchange):
             self._finish_upstream(reusable=False)
             self._fail(502, "member %s: %s" % (self.member_addr, exc.reason))
             return False
-        self._start_relay(rh)
+        if self.plugins is not None:
+            verdict = await self.plugins.response(rh)  # HTTP_RESPONSE sees the 101 too
+            if verdict is not None:
+                self._finish_upstream(reusable=False)
+                self.session.plugin_answer(verdict, head=head, route=route, pool=self.pool.name,
+                                           started=self.started)
+                return False
+            self.plugins.routed(self.pool.name, self.member_addr)
+        relay = self._start_relay(rh)
+        if self.plugins is None:
+            self._begin(relay)
+            return False
+        # WS_OPEN runs before the relay starts: until then both sides' bytes wait in the
+        # session's and this exchange's buffers, so no frame passes the plugins unseen.
+        if isinstance(relay, InspectRelay):
+            await relay.plugins_open(self.plugins)
+            self._begin(relay)
+        else:
+            outcome = await self.plugins.ws_open()
+            self._begin(relay)
+            _apply_ws_open(relay, outcome)
         return False
 
-    def _start_relay(self, rh) -> None:
+    def _begin(self, relay) -> None:
+        session = self.session
+        relay.start(session.take_raw(), bytes(self.member_leftover), client_eof=session.eof)
+        self.member_leftover.clear()
+
+    def _start_relay(self, rh):
         """Send the 101 and hand both connections to a WsRelay that lives on its own.
 
         The session, this exchange, the parsers and the heads are dropped once this returns
@@ -66,17 +141,15 @@ class WebSocketExchange(HttpExchange):
         cfg = self.pool.config
         route = self.route
         session = self.session
-        relay = WsRelay(
-            self.client,
-            self.up.endpoint,
-            mode=route.relay or cfg.relay,
-            rsv=negotiated_rsv(rh),
-            idle_timeout=route.ws_idle_timeout if route.ws_idle_timeout is not None else cfg.ws_idle_timeout,
-            sweeper=session.ctx.state.sweeper,
-        )
+        idle = route.ws_idle_timeout if route.ws_idle_timeout is not None else cfg.ws_idle_timeout
+        if self.inspect:
+            relay = InspectRelay(self.client, self.up.endpoint, rsv=negotiated_rsv(rh), idle_timeout=idle,
+                                 sweeper=session.ctx.state.sweeper, plugins=self.plugins)
+        else:
+            relay = WsRelay(self.client, self.up.endpoint, mode=route.relay or cfg.relay, rsv=negotiated_rsv(rh),
+                            idle_timeout=idle, sweeper=session.ctx.state.sweeper)
         session.hand_off(relay)
-        relay.start(session.take_raw(), bytes(self.member_leftover), client_eof=session.eof)
-        self.member_leftover.clear()
+        plugins = self.plugins
         pool, member = self.pool, self.up.member
         self.up = None
         line = {
@@ -98,6 +171,8 @@ class WebSocketExchange(HttpExchange):
         def finished(_done) -> None:
             sessions.discard(relay)
             pool.release(member)
+            if plugins is not None:
+                plugins.close()  # CLIENT_CLOSED: the session handed it to us
             access({
                 **line,
                 "bytes_in": relay.bytes_in,
@@ -111,6 +186,7 @@ class WebSocketExchange(HttpExchange):
             })
 
         relay.done.add_done_callback(finished)
+        return relay
 
     # -- member side during the handshake --------------------------------------------
     def _switching(self, rh) -> None:
