@@ -11,8 +11,7 @@
 -- Requirement: the member must name the sid in a cookie on the handshake response,
 -- `Set-Cookie: io=<sid>; ...` (Engine.IO's cookie option: python-socketio
 -- AsyncServer(cookie="io"), Node socket.io `cookie: true` or `cookie: { name: "io" }`).
--- The plugin reads no response body. The Lua version reads the first Set-Cookie header
--- only (a runtime limit), the Python one all of them. A sid it never learned (no cookie,
+-- The plugin reads no response body, only the Set-Cookie headers. A sid it never learned (no cookie,
 -- or the entry expired after `ttl` seconds without a request) is balanced normally.
 --
 -- When the member is gone (down, drained, removed) its sessions are balanced normally
@@ -53,9 +52,13 @@ end
 
 function P.HTTP_RESPONSE(ctx, res)
   if not ctx.vars.handshake or res.status ~= 200 or ctx.member == nil then return end
-  -- res:header gives the first Set-Cookie only: the sid cookie must come first
-  local sid = (res:header("set-cookie") or ""):match(SID_COOKIE)
-  if sid then shared.set("sio:" .. sid, ctx.member, TTL) end
+  for _, cookie in ipairs(res:header_all("set-cookie")) do  -- every Set-Cookie, in order
+    local sid = cookie:match(SID_COOKIE)
+    if sid then
+      shared.set("sio:" .. sid, ctx.member, TTL)
+      return
+    end
+  end
 end
 
 return P

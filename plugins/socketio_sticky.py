@@ -11,8 +11,7 @@ none of this.
 Requirement: the member must name the sid in a cookie on the handshake response,
 `Set-Cookie: io=<sid>; ...` (Engine.IO's cookie option: python-socketio
 AsyncServer(cookie="io"), Node socket.io `cookie: true` or `cookie: { name: "io" }`).
-The plugin reads no response body. The Lua version reads the first Set-Cookie header
-only (a runtime limit), the Python one all of them. A sid it never learned (no cookie,
+The plugin reads no response body, only the Set-Cookie headers. A sid it never learned (no cookie,
 or the entry expired after `ttl` seconds without a request) is balanced normally.
 
 When the member is gone (down, drained, removed) its sessions are balanced normally

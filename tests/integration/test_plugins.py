@@ -261,3 +261,98 @@ def test_check_prints_plugins_and_the_relay_mode(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "relay inspect (frame plugins)" in out.stdout
     assert "guard[lua](WS_MESSAGE)" in out.stdout
+
+
+OPEN_PY = """
+import asyncio
+from wsproxy.plugin import Plugin, on, close
+
+class Gate(Plugin):
+    @on("HTTP_REQUEST")
+    async def auth(self, ctx, req):
+        await asyncio.sleep(0.01)  # an async check (a token service, say)
+        ctx.vars["user"] = req.query("user")
+
+    @on("WS_OPEN")
+    def open(self, ctx):
+        if ctx.vars.get("user") == "banned":
+            return close(4003, "banned")
+        ctx.send("client", "welcome " + (ctx.vars.get("user") or "?"))
+"""
+
+
+def test_async_http_request_ws_open_close_and_send(members, proxy, tmp_path):
+    m = members.ws("w")
+    p = proxy(with_plugins(site_conf({"ws": [m.addr]}), {"path": write(tmp_path, "gate.py", OPEN_PY)}))
+
+    async def go():
+        async with ws_connect(p.ws_url + "/?user=ann", compression=None) as ws:
+            assert await ws.recv() == "welcome ann"  # ctx.send at WS_OPEN, before any echo
+            await ws.send("hi")
+            assert await ws.recv() == "hi"
+        async with ws_connect(p.ws_url + "/?user=banned", compression=None) as ws:
+            with pytest.raises(ConnectionClosed) as info:
+                await ws.recv()
+            assert info.value.rcvd.code == 4003 and info.value.rcvd.reason == "banned"
+
+    run(go())
+
+
+RUNAWAY_LUA = """
+local P = { name = "runaway" }
+function P.WS_MESSAGE(ctx, m)
+  if m.payload == "loop" then while true do end end
+  if m.payload == "bomb" then local t = {} for i = 1, 1e9 do t[i] = string.rep("x", 1024) end end
+end
+return P
+"""
+
+
+@pytest.mark.parametrize("on_error,code", [("abort", 1011), ("continue", None)])
+def test_runaway_plugin_is_stopped_and_the_worker_serves_on(members, proxy, tmp_path, on_error, code):
+    m = members.ws("w")
+    plugin = {"path": write(tmp_path, "runaway.lua", RUNAWAY_LUA), "on_error": f'"{on_error}"',
+              "limits": '{ instructions = 100000, memory = "4MiB" }'}
+    p = proxy(with_plugins(site_conf({"ws": [m.addr]}), plugin))
+
+    async def one(payload: str) -> None:
+        async with ws_connect(p.ws_url, compression=None) as ws:
+            started = asyncio.get_running_loop().time()
+            await ws.send(payload)
+            if code is None:
+                assert await ws.recv() == payload  # the error was logged; the message passed
+            else:
+                with pytest.raises(ConnectionClosed) as info:
+                    await ws.recv()
+                assert info.value.rcvd.code == code
+            assert asyncio.get_running_loop().time() - started < 5
+
+    async def go():
+        for payload in ("loop", "bomb", "loop"):
+            bystander = await ws_connect(p.ws_url, compression=None).__aenter__()
+            await one(payload)
+            await bystander.send("still here")  # another connection of the same worker
+            assert await bystander.recv() == "still here"
+            await bystander.close()
+
+    run(go())
+    kinds = {r.get("kind") for r in p.logs() if r.get("plugin") == "runaway" or "runaway" in str(r.get("msg"))}
+    assert kinds  # the errors were logged
+
+
+SELECT_LUA = """
+local P = { name = "select" }
+function P.LB_SELECTED(ctx, lb)
+  if lb.member == BAD then return "reselect" end
+end
+return P
+"""
+
+
+def test_lb_selected_reselect_avoids_a_member(members, proxy, tmp_path):
+    a, b = members.http("a"), members.http("b")
+    script = SELECT_LUA.replace("BAD", f'"{a.addr}"')
+    p = proxy(with_plugins(site_conf({"web": [a.addr, b.addr]}), {"path": write(tmp_path, "select.lua", script)}))
+    served = {raw_request(p.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").header("X-Member")
+              for _ in range(6)}
+    assert served == {"b"}

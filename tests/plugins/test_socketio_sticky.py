@@ -145,11 +145,7 @@ def test_socketio_sticky_runtime_options(example):
     assert ex.request(ex.session(), POLL)[0] is None
 
 
-def test_socketio_sticky_runtime_sid_cookie_after_another_cookie(example, lang, request):
-    if lang == "lua":
-        request.node.add_marker(pytest.mark.xfail(strict=True, reason=(
-            "Lua's res:header() returns the first Set-Cookie only: the runtime gives Lua no way to "
-            "read a repeated response header")))
+def test_socketio_sticky_runtime_sid_cookie_after_another_cookie(example):
     ex = example()
     handshake(ex, headers=[("Set-Cookie", "lang=en; path=/"), ("Set-Cookie", f"io={SID}; path=/; SameSite=Lax")])
     assert routed_to(ex.request(ex.session(), POLL)[0]) == MEMBER

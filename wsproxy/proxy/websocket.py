@@ -16,6 +16,7 @@ from wsproxy.protocol import http1
 from wsproxy.protocol.handshake import (check_server_accept, negotiated_rsv, origin_allowed,
                                         validate_client_handshake)
 from wsproxy.proxy.http_exchange import HttpExchange, member_request_head
+from wsproxy._speedups import build_frame
 from wsproxy.proxy.inspect_relay import InspectRelay
 from wsproxy.proxy.relay import WsRelay
 
@@ -30,9 +31,22 @@ def _relay_mode(route, chain, pool_config) -> str:
     return route.relay or pool_config.relay
 
 
+def _send_before_start(relay, outcome) -> None:
+    """WS_OPEN's ``ctx:send``s on a track/raw relay: nothing has been relayed yet, so both
+    streams are at a frame boundary; our messages go out before anything either peer sent."""
+    if outcome is None or outcome.actions is None:
+        return
+    for to, data, opcode in outcome.actions.sends:
+        op = {"text": 1, "binary": 2, "ping": 9, "pong": 10}.get(opcode, 1)
+        if to == "client":
+            relay.client.write(build_frame(op, data, mask=False))
+        else:
+            relay.member.write(build_frame(op, data, mask=True))
+
+
 def _apply_ws_open(relay, outcome) -> None:
     """WS_OPEN's outcome on a track/raw relay: a close (verdict, ctx:close or a failed
-    plugin under on_error = "abort") closes both legs; sends need inspect mode."""
+    plugin under on_error = "abort") closes both legs."""
     if outcome is None:
         return
     close = None
@@ -120,6 +134,7 @@ class WebSocketExchange(HttpExchange):
             self._begin(relay)
         else:
             outcome = await self.plugins.ws_open()
+            _send_before_start(relay, outcome)
             self._begin(relay)
             _apply_ws_open(relay, outcome)
         return False

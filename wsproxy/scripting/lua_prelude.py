@@ -323,6 +323,15 @@ function HEAD.header(self, name)
   end
   return nil
 end
+function HEAD.header_all(self, name)  -- every value, in order (Set-Cookie, ...)
+  local h = heads(self, "header_all")
+  want_string(name, "header_all", 1)
+  local key, out = s_lower(name), {}
+  for i = 1, #h, 2 do
+    if s_lower(h[i]) == key then out[#out + 1] = h[i + 1] end
+  end
+  return out
+end
 function HEAD.set_header(self, name, value)
   local h = heads(self, "set_header")
   if value == nil then error("bad argument #2 to 'set_header' (string expected, got nil)", 2) end

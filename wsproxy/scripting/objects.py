@@ -99,6 +99,11 @@ class _HeadView:
         """The first value of header ``name`` (case-insensitive), or None."""
         return _first(self._headers, name)
 
+    def header_all(self, name: str) -> list[str]:
+        """Every value of header ``name`` (case-insensitive), in order (Set-Cookie...)."""
+        key = name.lower()
+        return [v for n, v in self._headers if n.lower() == key]
+
     def set_header(self, name: str, value: str) -> None:
         name, value = _editable(name, value)
         self._headers = edit_set(self._headers, name, value)
