@@ -180,7 +180,21 @@ class HttpExchange:
                 args["plugin_key"] = routing.hash_key
         if self.plugins is not None and self.plugins.chain.hooks("LB_SELECTED"):
             args["on_selected"] = self._on_selected
+        if self.plugins is not None and self.plugins.chain.hooks("LB_FAILED"):
+            args["on_failed"] = self._on_connect_failed
         return args
+
+    def _on_connect_failed(self, member, attempt: int, reason: str, tried) -> bool:
+        """LB_FAILED after one failed connect: True = try another member of this pool;
+        ``Reselect`` = move to another pool; a respond/abort verdict stops here."""
+        verdict = self.plugins.failed(self.pool.name, str(member.addr), attempt, reason, tried)
+        if verdict is None:
+            return False
+        if verdict.kind == "reselect":
+            if verdict.pool is not None and verdict.pool != self.pool.name:
+                raise Reselect(verdict.pool)
+            return True
+        raise PluginAbort(verdict)
 
     def _on_selected(self, member, attempt: int) -> bool:
         """LB_SELECTED: False to pick again (another member); ``Reselect`` to change pools."""
@@ -258,8 +272,9 @@ class HttpExchange:
                 self.up = await connect_to_pool(self.pool, session.ctx.state.idle, reuse=reuse, loop=self.loop,
                                                 **connect_args)
             except UpstreamError as exc:
-                reason = "no_member" if exc.status == 503 else ("timeout" if "timeout" in exc.reason else "refused")
-                then = self._lb_failed(reason, exc.reason)
+                # Failed connects were each reported to LB_FAILED as they happened; a pool
+                # with no member to offer is reported now.
+                then = self._lb_failed("no_member", exc.reason) if exc.status == 503 else None
                 if then == "retry":
                     continue
                 if then == "answered":

@@ -33,6 +33,7 @@ from wsproxy.proxy.relay import CLIENT, MEMBER, PROXY, WsRelay
 
 __all__ = ["InspectRelay"]
 
+MAX_MESSAGE = 64 * 1024 * 1024  # a message a WS_MESSAGE route buffers at most (else 1009)
 _TO_MEMBER = "client"  # PLUGINS.md dir names: "client" travels client -> member
 _TO_CLIENT = "server"
 
@@ -49,8 +50,9 @@ class _Direction:
         self.reader = _speedups.FrameReader(masked=masked, rsv_allowed=rsv)
         self.frames_hooked = bool(chain is not None and chain.hooks("WS_FRAME", dir))
         self.messages_hooked = bool(chain is not None and chain.hooks("WS_MESSAGE", dir))
-        limit = chain.message_limit(dir) if self.messages_hooked else None
-        self.assembler = (_speedups.MessageAssembler(max_size=limit or 64 * 1024 * 1024, validate_utf8=True)
+        # The protocol's limit, not the handlers' max_message_size filters: a bigger message
+        # skips those handlers (the chain checks the filter) and still passes.
+        self.assembler = (_speedups.MessageAssembler(max_size=MAX_MESSAGE, validate_utf8=True)
                           if self.messages_hooked else None)
 
 

@@ -97,7 +97,7 @@ class Upstream:
 async def connect_to_pool(pool, idle: IdleConnections | None, *, reuse: bool = True, key: bytes | None = None,
                           prefer=None, proxy_header: bytes | None = None, on_queued=None,
                           sink=None, loop: asyncio.AbstractEventLoop | None = None, plugin_key: bytes | None = None,
-                          on_selected=None) -> Upstream:
+                          on_selected=None, on_failed=None) -> Upstream:
     """Pick a member (waiting in the queue when all are full), connect, retry on another member.
 
     The member is acquired on return; the caller must ``pool.release(upstream.member)`` when
@@ -109,14 +109,17 @@ async def connect_to_pool(pool, idle: IdleConnections | None, *, reuse: bool = T
     the running loop, when the caller has it at hand. ``plugin_key``: a plugin's hash key
     (Pool.pick). ``on_selected(member, attempt) -> bool`` (LB_SELECTED plugins) runs before
     each connect; False means pick another member (this one is avoided); it may also raise
-    to stop, and the member is released first.
+    to stop, and the member is released first. ``on_failed(member, attempt, reason, tried)``
+    (LB_FAILED plugins) runs after each failed connect; True asks for one more attempt
+    (another member) even when ``retries`` are spent; it may raise to stop.
     """
     cfg = pool.config
     avoid: list = []
     failures: list[str] = []
     queued = False
     attempt = 0
-    while attempt < 1 + cfg.retries:
+    limit = 1 + cfg.retries
+    while attempt < limit:
         member = pool.pick(avoid, key=key, prefer=prefer, plugin_key=plugin_key)
         if member is not None:
             pool.acquire(member)
@@ -154,6 +157,10 @@ async def connect_to_pool(pool, idle: IdleConnections | None, *, reuse: bool = T
                 event(logging.WARNING, "member marked down", pool=pool.name, member=str(member.addr),
                       fail_streak=member.fail_streak, retry_in_s=cfg.down_time)
             avoid.append(member)
+            if on_failed is not None and on_failed(
+                    member, attempt, "timeout" if isinstance(exc, TimeoutError) else "refused",
+                    tuple(str(m.addr) for m in avoid)):
+                limit = max(limit, attempt + 1)
             continue
         except BaseException:
             pool.release(member)

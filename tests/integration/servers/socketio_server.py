@@ -4,6 +4,7 @@ sharing its broadcasts with the other members through a Redis server
 
     python socketio_server.py --name a --redis redis://127.0.0.1:6379/0 [--port 0]
                               [--ping-interval 25] [--ping-timeout 20] [--record FILE]
+                              [--cookie NAME]
 
 Events (a handler's return value is the ack the client receives):
 - ``whoami``       -> {"server": name, "sid": sid, "transport": "polling" | "websocket"}
@@ -22,6 +23,11 @@ is why a Socket.IO cluster needs sticky sessions in front of it.
 - {"kind": "open", "sid", "transport"} when this member hands out an Engine.IO sid;
 - {"kind": "connect" | "disconnect" | "event", "sid" (Socket.IO sid), "eio_sid", "transport",
   "event"} for Socket.IO connections and events.
+--cookie NAME passes ``cookie=NAME`` to ``socketio.AsyncServer`` (python-engineio's option):
+the Engine.IO handshake response of a polling client (the one without a sid) then carries
+``Set-Cookie: NAME=<Engine.IO sid>; Path=/; SameSite=Lax``, the cookie that the
+socketio_sticky example plugin learns sid -> member from. A WebSocket-only handshake gets no
+cookie (python-engineio sets it on the polling handshake only). Without the flag: no cookie.
 Prints "READY <port>" once listening and subscribed to the Redis channel.
 """
 
@@ -48,6 +54,8 @@ def main() -> None:
     ap.add_argument("--ping-interval", type=float, default=25.0)
     ap.add_argument("--ping-timeout", type=float, default=20.0)
     ap.add_argument("--record", default=None)
+    ap.add_argument("--cookie", default=None, metavar="NAME",
+                    help="Engine.IO sid cookie set on polling handshakes (AsyncServer(cookie=NAME))")
     args = ap.parse_args()
     asyncio.run(amain(args))
 
@@ -65,9 +73,9 @@ class Recorder:
 
 
 def make_server(name: str, redis_url: str, record: Recorder, *, ping_interval: float,
-                ping_timeout: float) -> socketio.AsyncServer:
+                ping_timeout: float, cookie: str | None = None) -> socketio.AsyncServer:
     sio = socketio.AsyncServer(async_mode="aiohttp", client_manager=socketio.AsyncRedisManager(redis_url),
-                               ping_interval=ping_interval, ping_timeout=ping_timeout)
+                               ping_interval=ping_interval, ping_timeout=ping_timeout, cookie=cookie)
 
     def facts(sid: str) -> dict:
         try:
@@ -146,7 +154,7 @@ async def wait_subscribed(sio: socketio.AsyncServer, timeout: float = 10.0) -> N
 async def amain(args) -> None:
     record = Recorder(args.name, args.record)
     sio = make_server(args.name, args.redis, record, ping_interval=args.ping_interval,
-                      ping_timeout=args.ping_timeout)
+                      ping_timeout=args.ping_timeout, cookie=args.cookie)
     runner = web.AppRunner(make_app(sio, record), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port)
