@@ -12,6 +12,11 @@ says, and times the same operations on the same bytes:
 - ``FrameTracker.feed``, a few large frames: 8 masked 1 MiB frames fed in 64 KiB chunks;
   ns per 64 KiB chunk (the tracker skips payload, so the cost is per chunk and header).
 - ``apply_mask`` of 64 B, 4 KiB and 1 MiB: ns per call.
+- ``FrameReader.feed`` (inspect mode: whole frames, payloads unmasked) on the same 8,192
+  small frames, and ``MessageAssembler.feed`` on them as one-frame messages; ns per frame.
+- Informative, outside the issue's ">= 10x on frame parsing and masking" target: the HTTP
+  head glue (``scan_fields`` of a 7-field upgrade request, ``rewrite_head`` of it) and
+  ``build_frame`` of a masked 64 B frame (which includes ``os.urandom(4)``).
 
 Each figure is the median of 5 timings, each long enough (>= 0.1 s, 0.02 s in --quick)
 to read; the ratio is pure / C (how many times faster C is).
@@ -27,13 +32,15 @@ import sys
 import time
 
 from wsproxy.protocol import frames as py_frames
+from wsproxy.protocol import http_head as py_head
 from wsproxy.protocol import mask as py_mask
 
 try:
     from wsproxy._ext import frames as c_frames
+    from wsproxy._ext import http_head as c_head
     from wsproxy._ext import mask as c_mask
 except ImportError as e:  # not built
-    c_frames = c_mask = None
+    c_frames = c_mask = c_head = None
     C_ERROR = str(e)
 else:
     C_ERROR = None
@@ -93,11 +100,11 @@ def run(quick: bool = False) -> list[dict]:
 
     rows = []
 
-    def row(name, unit_div, unit, py_fn, c_fn):
+    def row(name, unit_div, unit, py_fn, c_fn, target=True):
         py_s = timeit(py_fn, min_time)
         c_s = timeit(c_fn, min_time) if c_fn is not None else None
         rows.append({
-            "name": name, "unit": unit,
+            "name": name, "unit": unit, "target": target,
             "py_ns": py_s * 1e9 / unit_div,
             "c_ns": (c_s * 1e9 / unit_div) if c_s is not None else None,
             "speedup": (py_s / c_s) if c_s else None,
@@ -113,6 +120,44 @@ def run(quick: bool = False) -> list[dict]:
         row(f"apply_mask, {label}", 1, "ns/call",
             lambda d=data: py_mask.apply_mask(d, KEY, 1),
             (lambda d=data: c_mask.apply_mask(d, KEY, 1)) if have_c else None)
+
+    def read_all(mod, parts):
+        def go():
+            r = mod.FrameReader(masked=True)
+            for p in parts:
+                r.feed(p)
+        return go
+
+    row("FrameReader.feed, 8,192 x 64 B frames", n_small, "ns/frame",
+        read_all(py_frames, small), read_all(c_frames, small) if have_c else None)
+
+    def assemble_all(mod):
+        reader = mod.FrameReader(masked=True)
+        got = [f for p in small for f in reader.feed(p)]
+
+        def go():
+            mod.MessageAssembler().feed(got)
+        return go
+
+    row("MessageAssembler.feed, 8,192 one-frame messages", n_small, "ns/message",
+        assemble_all(py_frames), assemble_all(c_frames) if have_c else None)
+    fields = [(b"Host", b"example.com:8080"), (b"Upgrade", b"websocket"), (b"Connection", b"Upgrade"),
+              (b"Sec-WebSocket-Key", b"dGhlIHNhbXBsZSBub25jZQ=="), (b"Sec-WebSocket-Version", b"13"),
+              (b"Origin", b"http://example.com"), (b"User-Agent", b"bench/1.0")]
+    row("scan_fields, a 7-field upgrade request", 1, "ns/call",
+        lambda: py_head.scan_fields(fields), (lambda: c_head.scan_fields(fields)) if have_c else None,
+        target=False)
+    headers, names, _, _ = py_head.scan_fields(fields)
+    drop = frozenset({"connection", "upgrade"})
+    tail = [("X-Forwarded-For", "192.0.2.1"), ("Connection", "Upgrade"), ("Upgrade", "websocket")]
+    row("rewrite_head, the same request for the member", 1, "ns/call",
+        lambda: py_head.rewrite_head("GET /chat HTTP/1.1", headers, names, drop, tail),
+        (lambda: c_head.rewrite_head("GET /chat HTTP/1.1", headers, names, drop, tail)) if have_c else None,
+        target=False)
+    payload = os.urandom(64)
+    row("build_frame, masked 64 B (os.urandom key)", 1, "ns/call",
+        lambda: py_frames.build_frame(2, payload, mask=True),
+        (lambda: c_frames.build_frame(2, payload, mask=True)) if have_c else None, target=False)
     return rows
 
 

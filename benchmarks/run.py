@@ -757,6 +757,8 @@ def render(doc: dict) -> str:
             T.append(f"| {label} | ≤ {limit:g} | {val:.1f} | {verdict} |")
     micro = doc.get("micro") or {}
     for r in micro.get("rows", []):
+        if not r.get("target", True):
+            continue  # informative rows (head glue, builders): in the micro table only
         s = r.get("speedup")
         verdict = "n/a" if s is None else ("met" if s >= 10 else f"missed ({s:.1f}× vs ≥ 10×)")
         T.append(f"| C vs pure: {r['name']} | ≥ 10× | {fmt_ratio(s) or 'n/a'} | {verdict} |")
