@@ -5,8 +5,12 @@ from typing import Any
 __all__ = ["RelayCore"]
 
 class RelayCore:
-    """The per-read data path of a WebSocket relay; WsRelay (proxy/relay.py) subclasses it."""
+    """The per-read data path of a WebSocket relay; WsRelay (proxy/relay.py) subclasses it.
+    After attach(), each transport's protocol is a ``Leg`` (BufferedProtocol) feeding it."""
 
+    Leg: Any
+    client_leg: Any
+    member_leg: Any
     client: Any
     member: Any
     answer: Any
@@ -27,6 +31,7 @@ class RelayCore:
     gone: int
 
     def __init__(self, client: Any, member: Any, c2u: Any = None, u2c: Any = None) -> None: ...
+    def attach(self) -> None: ...
     def on_data(self, ep: Any, data: bytes) -> None: ...
     def on_pause_writing(self, ep: Any) -> None: ...
     def on_resume_writing(self, ep: Any) -> None: ...

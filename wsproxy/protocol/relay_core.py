@@ -1,5 +1,5 @@
-"""RelayCore: the per-read data path of the WebSocket relay (pure-Python twin of
-``wsproxy._ext.relay_core``).
+"""RelayCore and RelayLeg: the per-read data path of the WebSocket relay (pure-Python twin
+of ``wsproxy._ext.relay_core``).
 
 What one read of either leg does, and nothing else: feed the direction's FrameTracker
 (track mode), notice the first Close each way, forward the bytes to the other leg, count
@@ -10,12 +10,28 @@ them, and map write backpressure on one leg to a read pause on the other. Everyt
     _client_violation(exc, data)   _member_violation(exc, data)   _member_answer(data)
     _first_close(side, code)       _shut(endpoint)
 
-No asyncio here: the endpoints are any objects with ``write(data)``, ``closed`` and
-``pause_reading(reason)`` / ``resume_reading(reason)``. The C twin keeps the same
-attributes, so the subclass and the tests cannot tell them apart.
+``attach()`` (after the 101) makes each transport's protocol a ``RelayLeg``, a
+BufferedProtocol: the transport reads into a read buffer shared by every connection of the
+thread (an idle connection holds none) and calls ``buffer_updated(n)``. The transports' write
+limits become high=0, low=0, so ``pause_writing`` means "this transport holds unsent bytes"
+(the leg's ``pending`` flag) and ``resume_writing`` "it has drained"; they pause and resume
+reading on the other leg. The compiled twin forwards a read with ``send(2)`` straight to the
+destination's socket while its transport holds nothing; this twin always copies the read
+(``bytes``) and writes the copy through the Endpoint, so its ``fd`` stays -1. Either way no
+transport is ever given a view of the read buffer (uvloop, and asyncio from 3.12, keep a
+view of what they could not send at once), so the next read may reuse it.
+
+No asyncio here: the endpoints are any objects with ``write(data)``, ``closed``,
+``transport`` and ``pause_reading(reason)`` / ``resume_reading(reason)``, and a transport is
+anything with asyncio's transport methods. The C twin keeps the same attributes, so the
+subclass and the tests cannot tell them apart. ``RelayCore.Leg`` is the class ``attach()``
+instantiates; ``WsRelay`` sets a subclass that is also an ``asyncio.BufferedProtocol`` (asyncio
+checks that type to choose buffered reads; uvloop looks for ``get_buffer``).
 """
 
 from __future__ import annotations
+
+import threading
 
 from wsproxy.errors import FrameError
 
@@ -23,8 +39,73 @@ CLIENT = "client"
 MEMBER = "member"
 PEER = "peer"  # pause reason: the other leg's writes pile up
 LEG_CLIENT, LEG_MEMBER, LEG_BOTH = 1, 2, 3  # bits of `ended`, `shut`, `gone`
+READ_BUFFER_SIZE = 256 * 1024  # one read
 
-__all__ = ["RelayCore"]
+__all__ = ["RelayCore", "RelayLeg", "READ_BUFFER_SIZE"]
+
+# This thread's read buffer (per thread, because the loop reads into it without the GIL).
+_local = threading.local()
+
+
+def _read_buffer() -> bytearray:
+    buf = getattr(_local, "buffer", None)
+    if buf is None:
+        buf = _local.buffer = bytearray(READ_BUFFER_SIZE)
+        _local.view = memoryview(buf)
+    return buf
+
+
+class RelayLeg:
+    """The protocol of one transport of a relay after the 101. Reads go to the relay;
+    eof and connection_lost to the Endpoint; pause/resume_writing to the relay."""
+
+    __slots__ = ("relay", "ep", "fd", "is_client", "pending")
+
+    def __init__(self, relay, ep, is_client: bool) -> None:
+        self.relay = relay
+        self.ep = ep
+        self.is_client = is_client
+        self.fd = -1  # socket for direct sends; this twin never sends directly
+        self.pending = False  # the transport holds unsent bytes (pause_writing..resume_writing)
+
+    # -- asyncio.BufferedProtocol ----------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        pass  # set_protocol() does not call it; the Endpoint already has the transport
+
+    def get_buffer(self, sizehint: int) -> bytearray:
+        return _read_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if not 0 <= nbytes <= READ_BUFFER_SIZE:
+            raise ValueError("buffer_updated(%d) outside the read buffer" % nbytes)
+        data = bytes(_local.view[:nbytes])  # a copy: the buffer is reused by the next read
+        if self.is_client:
+            self.relay._from_client(data)
+        else:
+            self.relay._from_member(data)
+
+    def data_received(self, data) -> None:
+        """A transport that does not read into buffers (none of ours today) still works."""
+        if self.is_client:
+            self.relay._from_client(data)
+        else:
+            self.relay._from_member(data)
+
+    def eof_received(self):
+        return self.ep.eof_received()
+
+    def connection_lost(self, exc) -> None:
+        self.fd = -1
+        self.pending = False
+        self.ep.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.pending = True
+        self.relay.on_pause_writing(self.ep)
+
+    def resume_writing(self) -> None:
+        self.pending = False
+        self.relay.on_resume_writing(self.ep)
 
 
 class RelayCore:
@@ -32,7 +113,10 @@ class RelayCore:
         "client", "member", "c2u", "u2c", "track", "bytes_in", "bytes_out",
         "client_sent_close", "member_sent_close", "closed_to_client", "closed_to_member",
         "c2u_broken", "u2c_broken", "answer", "ended", "shut", "gone", "activity",
+        "client_leg", "member_leg",
     )
+
+    Leg = RelayLeg  # what attach() makes; WsRelay uses a subclass that is an asyncio.BufferedProtocol
 
     def __init__(self, client, member, c2u=None, u2c=None) -> None:
         """``c2u``/``u2c``: the FrameTrackers of each direction (track mode), or None (raw)."""
@@ -56,6 +140,25 @@ class RelayCore:
         self.shut = 0  # legs we sent a FIN to
         self.gone = 0  # legs whose connection is lost
         self.activity = True  # a read happened since the idle sweeper last looked
+        self.client_leg = None  # RelayLegs, once attach() made them the transports' protocols
+        self.member_leg = None
+
+    def attach(self) -> None:
+        """Become both transports' protocol (a RelayLeg each); see the module docstring."""
+        if self.client_leg is None:
+            self.client_leg = self._attach(self.client, True)
+            self.member_leg = self._attach(self.member, False)
+
+    def _attach(self, ep, is_client: bool):
+        leg = self.Leg(self, ep, is_client)
+        transport = ep.transport
+        if ep.closed or transport is None or transport.is_closing():
+            return leg  # its events still reach the Endpoint
+        transport.set_protocol(leg)
+        transport.set_write_buffer_limits(0, 0)  # may call leg.pause_writing() right away
+        if transport.get_write_buffer_size() and not leg.pending:
+            leg.pause_writing()  # it was paused under the old limits and has not drained
+        return leg
 
     def on_data(self, ep, data) -> None:
         if ep is self.client:

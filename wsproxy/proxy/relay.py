@@ -19,6 +19,12 @@ sent that way. The proxy injects a Close of its own only at a frame boundary:
 A leg whose closing handshake is done (or whose peer is gone) is shut with a FIN, then
 closed when the peer closes too, or aborted after ``LINGER`` seconds: a lingering close,
 so a Close frame is never destroyed by a reset for unread data.
+
+Reads. ``start`` hands both transports to RelayCore's legs (``attach``): each transport's
+protocol becomes a ``_Leg``, a BufferedProtocol that reads into the worker's shared read
+buffer and relays in one C call (``protocol/relay_core.py`` says how, and how backpressure
+and buffer ownership work). The Endpoints stay: they still write, pause reading by reason,
+close, and receive eof / connection_lost through the legs.
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ import logging
 from wsproxy import _speedups
 from wsproxy.errors import FrameError
 from wsproxy.logs import event
-from wsproxy.protocol.frames import OP_CLOSE, FrameReader, build_close, build_frame
+from wsproxy._speedups import FrameReader, build_close, build_frame
+from wsproxy.protocol.frames import OP_CLOSE
 from wsproxy.protocol.relay_core import LEG_BOTH, LEG_CLIENT, LEG_MEMBER
 
 LINGER = 2.0  # seconds a shut leg waits for its peer to close
@@ -39,8 +46,16 @@ PROXY = "proxy"
 _C, _M, _BOTH = LEG_CLIENT, LEG_MEMBER, LEG_BOTH  # leg bits of ended/shut/gone
 
 
+class _Leg(_speedups.RelayCore.Leg, asyncio.BufferedProtocol):
+    """A transport's protocol after the 101: RelayCore's leg (C or pure), declared an
+    asyncio.BufferedProtocol because asyncio's transports check that type to read into
+    ``get_buffer()`` (uvloop's check for ``get_buffer`` is met either way)."""
+
+    __slots__ = ()
+
+
 class WsRelay(_speedups.RelayCore):
-    """The relay of one upgraded connection. The per-read data path (``on_data``, the
+    """The relay of one upgraded connection. The per-read data path (the legs' reads, the
     backpressure callbacks, flags and counters) is RelayCore's, in C when built
     (``wsproxy/_ext/relay_core``) or its pure twin; the rare events are here."""
 
@@ -48,6 +63,8 @@ class WsRelay(_speedups.RelayCore):
         "loop", "done", "close_code", "closed_by", "reason", "rsv", "idle_timeout", "idle_since",
         "sweeper", "linger_handles",
     )
+
+    Leg = _Leg
 
     def __init__(self, client, member, *, mode: str, rsv: int, idle_timeout: float, sweeper=None) -> None:
         track = mode == "track"
@@ -87,12 +104,15 @@ class WsRelay(_speedups.RelayCore):
         """
         self.client.sink = self
         self.member.sink = self
+        # Pause reasons of the HTTP stages go first; attach() may then pause a leg again
+        # (PEER) if the other one still holds unsent bytes (the 101, say).
+        self.client.resume_all_reading()
+        self.member.resume_all_reading()
+        self.attach()
         if member_data:
             self.on_data(self.member, member_data)
         if client_data:
             self.on_data(self.client, client_data)
-        self.client.resume_all_reading()
-        self.member.resume_all_reading()
         if self.idle_timeout > 0 and self.sweeper is not None:
             self.idle_since = self.loop.time()
             self.sweeper.add(self)
