@@ -97,7 +97,7 @@ def version() -> None:
 
     build = "C accelerators" if _speedups.IMPLEMENTATION == "c" else "pure Python"
     click.echo(f"wsproxy {__version__} ({_speedups.IMPLEMENTATION} build)")
-    click.echo(f"frame codec, masking and relay core: {build}")
+    click.echo(f"frame codec, masking, HTTP head glue and relay core: {build}")
     try:
         import uvloop
 
