@@ -215,9 +215,15 @@ cdef int _dispatch(RelayCore relay, bint from_client, object data) except -1:
     """Relay a bytes-like object: bytes (what transports deliver) by pointer, else a view."""
     cdef Py_buffer view
     if PyBytes_CheckExact(data):
-        if from_client:
-            return relay._from_client(<const uint8_t *>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
-        return relay._from_member(<const uint8_t *>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+        # _forward writes this very object when all of it goes to the transport: no copy
+        # (inspect mode hands each frame's own bytes here).
+        relay._whole = data
+        try:
+            if from_client:
+                return relay._from_client(<const uint8_t *>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+            return relay._from_member(<const uint8_t *>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+        finally:
+            relay._whole = None
     PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
     try:
         if from_client:
@@ -253,6 +259,7 @@ cdef class RelayCore:
         self.activity = True
         self.client_leg = None
         self.member_leg = None
+        self._whole = None
 
     def attach(self):
         """Become both transports' protocol (a RelayLeg each); see the module docstring."""
@@ -352,7 +359,12 @@ cdef class RelayCore:
                 sent = 0
             data += sent
             size -= sent
-        ep.write(PyBytes_FromStringAndSize(<const char *>data, size))
+        whole = self._whole
+        if (whole is not None and <const char *>data == PyBytes_AS_STRING(whole)
+                and size == PyBytes_GET_SIZE(whole)):
+            ep.write(whole)  # the caller's own bytes, whole: immutable, so no copy is needed
+        else:
+            ep.write(PyBytes_FromStringAndSize(<const char *>data, size))
         return 0
 
     def on_pause_writing(self, ep):

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import os
 
-from wsproxy.config.schema import Config, RouteConfig, effective_relay
+from wsproxy.config.schema import Config
 from wsproxy.errors import ConfigError, ConfigErrors
 from wsproxy.scripting import PluginChain, PluginLoadError, SharedStore, load_plugin
 from wsproxy.scripting import events as ev
 
-__all__ = ["load_chains", "route_relay", "chain_summary"]
+__all__ = ["load_chains", "chain_summary"]
 
 
 def _resolve(path: str, source: str) -> str:
@@ -61,15 +61,6 @@ def load_chains(config: Config, shared: SharedStore | None = None) -> dict[str, 
         chain = PluginChain.for_listener(loaded, name) if listener.mode == "http" else None
         chains[name] = chain if chain is not None and chain.plugins else None
     return chains
-
-
-def route_relay(config: Config, route: RouteConfig, chain: PluginChain | None) -> str:
-    """The relay mode a route's WebSockets use: inspect when a plugin on its listener hooks
-    WS_FRAME or WS_MESSAGE (PLUGINS.md: no frame hook, no per-frame cost), else the
-    route's or pool's mode."""
-    if chain is not None and chain.frame_events:
-        return "inspect"
-    return effective_relay(config, route)
 
 
 def chain_summary(chain: PluginChain | None) -> str:

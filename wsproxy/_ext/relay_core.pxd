@@ -31,6 +31,7 @@ cdef class RelayCore:
     cdef public long long bytes_in, bytes_out
     cdef public int ended, shut, gone
     cdef readonly RelayLeg client_leg, member_leg
+    cdef object _whole               # the bytes object a non-leg read came in (on_data), else None
 
     cdef int _from_client(self, const uint8_t *data, Py_ssize_t size) except -1
     cdef int _from_member(self, const uint8_t *data, Py_ssize_t size) except -1

@@ -28,7 +28,8 @@ import time
 from wsproxy import _speedups
 from wsproxy.errors import FrameError
 from wsproxy.logs import event
-from wsproxy.protocol.frames import OP_CLOSE, OP_CONT, parse_close_payload
+from wsproxy.protocol.frames import OP_CLOSE, parse_close_payload
+from wsproxy.scripting.events import OPCODES
 from wsproxy.proxy.relay import CLIENT, MEMBER, PROXY, WsRelay
 
 __all__ = ["InspectRelay"]
@@ -41,12 +42,13 @@ _TO_CLIENT = "server"
 class _Direction:
     """One direction's parsing state and the plugin hooks that apply to it."""
 
-    __slots__ = ("dir", "reader", "assembler", "frames_hooked", "messages_hooked", "mask", "source")
+    __slots__ = ("dir", "reader", "assembler", "frames_hooked", "messages_hooked", "mask", "source", "fragmented")
 
     def __init__(self, dir: str, masked: bool, rsv: int, chain, source) -> None:
         self.dir = dir
         self.mask = masked  # frames we build for this direction are masked (to the member)
         self.source = source  # the endpoint these frames come from
+        self.fragmented = False  # what went on so far ends inside a fragmented message
         self.reader = _speedups.FrameReader(masked=masked, rsv_allowed=rsv)
         self.frames_hooked = bool(chain is not None and chain.hooks("WS_FRAME", dir))
         self.messages_hooked = bool(chain is not None and chain.hooks("WS_MESSAGE", dir))
@@ -57,7 +59,7 @@ class _Direction:
 
 
 class InspectRelay(WsRelay):
-    __slots__ = ("plugins", "c2m", "m2c", "opened")
+    __slots__ = ("plugins", "c2m", "m2c")
 
     def __init__(self, client, member, *, rsv: int, idle_timeout: float, sweeper=None, plugins=None) -> None:
         super().__init__(client, member, mode="track", rsv=rsv, idle_timeout=idle_timeout, sweeper=sweeper)
@@ -65,7 +67,6 @@ class InspectRelay(WsRelay):
         chain = plugins.chain if plugins is not None else None
         self.c2m = _Direction(_TO_MEMBER, True, rsv, chain, client)
         self.m2c = _Direction(_TO_CLIENT, False, rsv, chain, member)
-        self.opened = plugins is None  # frames wait for WS_OPEN (plugins_open)
 
     def attach(self) -> None:
         """Stay on the endpoints' data_received path: every read is parsed in Python anyway,
@@ -79,7 +80,6 @@ class InspectRelay(WsRelay):
         except Exception:  # the chain never raises for a plugin's error; this is a bug of ours
             logging.getLogger("wsproxy").exception("WS_OPEN dispatch failed")
             outcome = None
-        self.opened = True
         if outcome is not None:
             self._apply_outcome(outcome, None)
 
@@ -100,7 +100,7 @@ class InspectRelay(WsRelay):
         try:
             frames = direction.reader.feed(data)
         except FrameError as exc:
-            for frame in exc_completed(direction.reader):
+            for frame in direction.reader.completed:  # the frames before the bad one
                 self._frame(direction, frame)
             self._violation(direction, exc)
             return
@@ -112,7 +112,7 @@ class InspectRelay(WsRelay):
         if plugins is not None and frame.opcode == OP_CLOSE:
             code, reason = _close_of(frame.payload)
             plugins.ws_close(d.dir, code, reason)
-        if d.frames_hooked and self.opened and frame.opcode != OP_CLOSE:
+        if d.frames_hooked and frame.opcode != OP_CLOSE:
             outcome = plugins.chain.ws_frame(plugins.session, d.dir, frame.opcode, frame.fin,
                                              len(frame.payload), frame.payload, time.monotonic())
             if outcome is not None:
@@ -133,6 +133,8 @@ class InspectRelay(WsRelay):
                 else:
                     self._forward(d, item.raw or self._build(d, item.opcode, item.payload, item.fin))
             return
+        if frame.opcode < OP_CLOSE:  # data frames: does a fragmented message stay open?
+            d.fragmented = not frame.fin
         self._forward(d, frame.raw or self._build(d, frame.opcode, frame.payload, frame.fin))
 
     def _message(self, d: _Direction, message) -> None:
@@ -187,12 +189,11 @@ class InspectRelay(WsRelay):
     def _send(self, to: str, data: bytes, opcode: str) -> None:
         """ctx:send(dir, data): a whole message of our own, between frames."""
         d = self.c2m if to == _TO_MEMBER else self.m2c
-        tracker = self.c2u if d is self.c2m else self.u2c
-        if not tracker.at_boundary or _mid_message(tracker):
+        op = OPCODES.get(opcode, 1)
+        if op < OP_CLOSE and d.fragmented:  # a control frame may interleave, a message may not
             event(logging.WARNING, "plugin send dropped: the stream is inside a fragmented message",
                   to=to, client=self.client.address)
             return
-        op = {"text": 1, "binary": 2, "ping": 9, "pong": 10}.get(opcode, 1)
         self._forward(d, self._build(d, op, data, True))
 
     def _build(self, d: _Direction, opcode: int, payload: bytes, fin: bool = True) -> bytes:
@@ -220,21 +221,8 @@ class _Replaced:
         self.payload = payload
 
 
-def exc_completed(reader) -> list:
-    """The frames a reader finished in the feed that failed (forwarded before the Close)."""
-    return list(getattr(reader, "completed", ()) or ())
-
-
 def _close_of(payload: bytes) -> tuple[int, str]:
     try:
         return parse_close_payload(payload)
     except (FrameError, ValueError):
         return 1005, ""
-
-
-def _mid_message(tracker) -> bool:
-    fragmented = getattr(tracker, "fragmented", None)
-    return bool(fragmented)
-
-
-OP_CONT = OP_CONT  # re-exported for tests that build fragmented messages

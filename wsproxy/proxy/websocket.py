@@ -18,6 +18,7 @@ from wsproxy.protocol.handshake import (check_server_accept, negotiated_rsv, ori
 from wsproxy.proxy.http_exchange import HttpExchange, member_request_head
 from wsproxy._speedups import build_frame
 from wsproxy.proxy.inspect_relay import InspectRelay
+from wsproxy.scripting.events import OPCODES
 from wsproxy.proxy.relay import WsRelay
 
 _EXTENSIONS = frozenset({"sec-websocket-extensions"})
@@ -37,7 +38,7 @@ def _send_before_start(relay, outcome) -> None:
     if outcome is None or outcome.actions is None:
         return
     for to, data, opcode in outcome.actions.sends:
-        op = {"text": 1, "binary": 2, "ping": 9, "pong": 10}.get(opcode, 1)
+        op = OPCODES.get(opcode, 1)
         if to == "client":
             relay.client.write(build_frame(op, data, mask=False))
         else:
