@@ -24,6 +24,7 @@ from wsproxy.config.schema import (
     PluginConfig,
     PoolConfig,
     QueueConfig,
+    RebalanceConfig,
     RouteConfig,
     ServerConfig,
     TlsConfig,
@@ -43,24 +44,29 @@ from wsproxy.errors import ConfigError, ConfigErrors
 
 # The keys each table accepts, in the order the errors list them.
 TOP_LEVEL_TABLES = ("server", "listeners", "pools", "plugins")
-SERVER_KEYS = ("workers", "admin", "log_level", "log_format", "access_log", "state", "grace")
+SERVER_KEYS = ("workers", "admin", "log_level", "log_format", "access_log", "state", "grace", "drain_timeout",
+               "close_spread")
 LISTENER_KEYS = (
     "bind", "mode", "routes", "pool", "trusted_proxies", "head_timeout", "keepalive_timeout",
     "max_head_bytes", "max_headers", "max_uri_bytes", "tls", "redirect_https", "proxy_protocol",
     "accept_proxy", "idle_timeout",
 )
-ROUTE_KEYS = ("host", "path", "path_prefix", "pool", "allowed_origins", "relay", "ws_idle_timeout")
+ROUTE_KEYS = ("host", "path", "path_prefix", "pool", "allowed_origins", "relay", "ws_idle_timeout",
+              "ping_interval", "pong_timeout")
 POOL_KEYS = (
     "balance", "hash_key", "members", "max_conns", "hash_fallback", "queue", "persist", "health",
     "proxy_protocol", "relay",
     "connect_timeout", "response_timeout", "retries", "fail_threshold", "down_time",
-    "keepalive_conns", "keepalive_timeout", "ws_idle_timeout",
+    "keepalive_conns", "keepalive_timeout", "ws_idle_timeout", "down_time_max", "slow_start", "drain_spread",
+    "rebalance", "ping_interval", "pong_timeout",
 )
 MEMBER_KEYS = ("addr", "weight", "max_conns")
 TLS_KEYS = ("cert", "key")
 PERSIST_KEYS = ("cookie", "secret", "max_age")
 QUEUE_KEYS = ("size", "timeout")
-HEALTH_KEYS = ("type", "path", "interval", "timeout", "rise", "fall")
+HEALTH_KEYS = ("type", "path", "interval", "timeout", "rise", "fall", "status", "jitter")
+REBALANCE_KEYS = ("threshold", "rate", "max_fraction", "order", "auto")
+REBALANCE_ORDERS = ("oldest", "random")
 PLUGIN_KEYS = ("path", "listeners", "options", "on_error", "runtime", "limits")
 PLUGIN_LIMIT_KEYS = ("memory", "instructions", "timeout")
 
@@ -221,6 +227,17 @@ def _integer(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
             limit = f"from {minimum} to {maximum}" if maximum is not None else f"{minimum} or more"
             raise ValueError(f"expected an integer {limit}, got {value}")
         return value
+    return convert
+
+
+def _fraction(minimum: float, maximum: float) -> Callable[[Any], float]:
+    """A number (integer or float) within [minimum, maximum]."""
+    def convert(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"expected a number from {minimum:g} to {maximum:g}, got {describe(value)}")
+        if not minimum <= value <= maximum:
+            raise ValueError(f"expected a number from {minimum:g} to {maximum:g}, got {value:g}")
+        return float(value)
     return convert
 
 
@@ -400,6 +417,8 @@ def _read_server(r: _Reader, raw: Any) -> ServerConfig:
         access_log=r.value(table, "access_log", "server", _boolean, d["access_log"]),
         state=r.value(table, "state", "server", _state_url, d["state"]),
         grace=r.value(table, "grace", "server", _duration(allow_zero=True), d["grace"]),
+        drain_timeout=r.value(table, "drain_timeout", "server", _duration(allow_zero=True), d["drain_timeout"]),
+        close_spread=r.value(table, "close_spread", "server", _duration(allow_zero=True), d["close_spread"]),
     )
 
 
@@ -520,6 +539,8 @@ def _read_route(r: _Reader, table: dict, path: str, index: int, listener: str) -
         allowed_origins=r.items(table, "allowed_origins", path, _origin, ()),
         relay=r.value(table, "relay", path, _choice(RELAYS)),
         ws_idle_timeout=r.value(table, "ws_idle_timeout", path, _duration()),
+        ping_interval=r.value(table, "ping_interval", path, _duration(allow_zero=True)),
+        pong_timeout=r.value(table, "pong_timeout", path, _duration()),
         listener=listener,
     )
 
@@ -576,6 +597,12 @@ def _read_pool(r: _Reader, name: str, table: dict) -> PoolConfig:
         keepalive_timeout=r.value(table, "keepalive_timeout", path, _duration(allow_zero=True),
                                   d["keepalive_timeout"]),
         ws_idle_timeout=r.value(table, "ws_idle_timeout", path, _duration(), d["ws_idle_timeout"]),
+        down_time_max=r.value(table, "down_time_max", path, _duration(allow_zero=True), d["down_time_max"]),
+        slow_start=r.value(table, "slow_start", path, _duration(allow_zero=True), d["slow_start"]),
+        drain_spread=r.value(table, "drain_spread", path, _duration(allow_zero=True), d["drain_spread"]),
+        rebalance=_read_rebalance(r, table, path),
+        ping_interval=r.value(table, "ping_interval", path, _duration(allow_zero=True), d["ping_interval"]),
+        pong_timeout=r.value(table, "pong_timeout", path, _duration(), d["pong_timeout"]),
     )
 
 
@@ -677,6 +704,10 @@ def _read_health(r: _Reader, table: dict, path: str) -> HealthConfig | None:
     d = defaults(HealthConfig)
     r.known_keys(health, health_path, HEALTH_KEYS)
     check_type = r.value(health, "type", health_path, _choice(HEALTH_TYPES), required=one_of(HEALTH_TYPES))
+    if isinstance(health.get("status"), int) and not isinstance(health.get("status"), bool):
+        health = {**health, "status": [health["status"]]}  # status = 204 means [204]
+    if check_type != "http" and "status" in health:
+        r.error(f"{health_path}.status", 'only applies to type = "http" (a ws check expects the 101)')
     if check_type == "tcp" and "path" in health:
         r.error(f"{health_path}.path", 'only applies to type = "http" or "ws"')
     interval = r.value(health, "interval", health_path, _duration(), d["interval"])
@@ -693,6 +724,26 @@ def _read_health(r: _Reader, table: dict, path: str) -> HealthConfig | None:
         timeout=timeout,
         rise=r.value(health, "rise", health_path, _integer(1), d["rise"]),
         fall=r.value(health, "fall", health_path, _integer(1), d["fall"]),
+        status=r.items(health, "status", health_path, _integer(100, 599), d["status"]),
+        jitter=r.value(health, "jitter", health_path, _fraction(0.0, 0.5), d["jitter"]),
+    )
+
+
+def _read_rebalance(r: _Reader, table: dict, path: str) -> RebalanceConfig | None:
+    if "rebalance" not in table:
+        return None
+    rb_path = f"{path}.rebalance"
+    rb = r.table(table["rebalance"], rb_path, 'a table like { threshold = 0.2, rate = 10, max_fraction = 0.5 }')
+    if rb is None:
+        return None
+    d = defaults(RebalanceConfig)
+    r.known_keys(rb, rb_path, REBALANCE_KEYS)
+    return RebalanceConfig(
+        threshold=r.value(rb, "threshold", rb_path, _fraction(0.0, 10.0), d["threshold"]),
+        rate=r.value(rb, "rate", rb_path, _fraction(0.001, 100000.0), d["rate"]),
+        max_fraction=r.value(rb, "max_fraction", rb_path, _fraction(0.0, 1.0), d["max_fraction"]),
+        order=r.value(rb, "order", rb_path, _choice(REBALANCE_ORDERS), d["order"]),
+        auto=r.value(rb, "auto", rb_path, _boolean, d["auto"]),
     )
 
 

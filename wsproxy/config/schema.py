@@ -33,6 +33,8 @@ class ServerConfig:
     access_log: bool = True
     state: str | None = None  # "redis://..." shared state; None = this node only
     grace: float = 10.0  # SIGTERM: seconds to close WebSockets before exiting
+    drain_timeout: float = 300.0  # reload: an old generation's connections may finish within this
+    close_spread: float = 5.0  # reload/SIGTERM: the Close 1001s are spread over this window
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +53,8 @@ class RouteConfig:
     allowed_origins: tuple[str, ...] = ()  # empty = any Origin
     relay: str | None = None  # None = the pool's relay
     ws_idle_timeout: float | None = None  # None = the pool's ws_idle_timeout
+    ping_interval: float | None = None  # None = the pool's ping_interval
+    pong_timeout: float | None = None  # None = the pool's pong_timeout
     listener: str = ""  # name of the listener holding this route (for labels)
 
     @property
@@ -113,6 +117,19 @@ class HealthConfig:
     timeout: float = 2.0
     rise: int = 2  # consecutive passes to mark a member up
     fall: int = 3  # consecutive failures to mark it down
+    status: tuple[int, ...] = ()  # http checks: the statuses that pass; () = any 2xx or 3xx
+    jitter: float = 0.1  # each interval is randomly stretched or shrunk by up to this fraction
+
+
+@dataclass(frozen=True, slots=True)
+class RebalanceConfig:
+    """Shedding WebSockets from members above their fair share (issue #6)."""
+
+    threshold: float = 0.2  # a member is over when it holds more than (1 + threshold) x its fair share
+    rate: float = 10.0  # closes per second, at most, for the whole pool
+    max_fraction: float = 0.5  # one rebalance moves at most this fraction of the pool's connections
+    order: str = "oldest"  # "oldest" | "random": which of a member's connections go first
+    auto: bool = True  # False: only on demand (admin API / wsproxy ctl rebalance)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +153,12 @@ class PoolConfig:
     keepalive_conns: int = 16  # idle member connections kept per member
     keepalive_timeout: float = 30.0  # idle member connections closed after this
     ws_idle_timeout: float = 3600.0  # a WebSocket with no frame either way is closed after this
+    down_time_max: float = 300.0  # passive ejection backs off exponentially up to this
+    slow_start: float = 0.0  # a member back up ramps its weight and max_conns over this; 0 = off
+    drain_spread: float = 10.0  # drain: the member's WebSockets get their Close 1012 over this window
+    rebalance: RebalanceConfig | None = None  # None = only on demand, with RebalanceConfig's defaults
+    ping_interval: float = 0.0  # the proxy pings both legs of a WebSocket this often; 0 = off
+    pong_timeout: float = 10.0  # a leg that does not answer a ping within this is closed
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +195,17 @@ def effective_ws_idle_timeout(config: Config, route: RouteConfig) -> float:
         return route.ws_idle_timeout
     pool = config.pools.get(route.pool)
     return pool.ws_idle_timeout if pool is not None else defaults(PoolConfig)["ws_idle_timeout"]
+
+
+def effective_keepalive(config: Config, route: RouteConfig) -> tuple[float, float]:
+    """(ping_interval, pong_timeout) of a route's WebSockets: the route's own, else its pool's."""
+    pool = config.pools.get(route.pool)
+    d = defaults(PoolConfig)
+    interval = route.ping_interval if route.ping_interval is not None else (
+        pool.ping_interval if pool is not None else d["ping_interval"])
+    timeout = route.pong_timeout if route.pong_timeout is not None else (
+        pool.pong_timeout if pool is not None else d["pong_timeout"])
+    return interval, timeout
 
 
 def effective_proxy_protocol(listener: ListenerConfig, pool: PoolConfig) -> str | None:

@@ -24,17 +24,12 @@ from wsproxy.errors import ConfigError
 # message below. An issue that lands a feature deletes its entry here (and nothing else).
 # "section.key" = the key is set; "section.key=value" = the key has that value.
 NOT_SUPPORTED_YET: dict[str, str] = {
-    "server.workers": (
-        "more than one worker process is not supported yet (worker processes arrive with "
-        "issue #6); expected 1"
-    ),
-    "server.admin": "the admin API is not supported yet (it arrives with issue #6); remove the key",
     "server.state": (
-        "cluster-wide shared state is not supported yet (it arrives with issue #6); remove the key"
+        "cluster-wide shared state is not supported yet (workers of one node share state in memory); "
+        "remove the key"
     ),
     "listener.tls": "TLS is not supported yet (it arrives with issue #7); remove the key",
     "listener.redirect_https": "redirect_https is not supported yet (it arrives with issue #7); remove the key",
-    "pool.health": "health checks are not supported yet (they arrive with issue #6); remove the key",
 }
 
 

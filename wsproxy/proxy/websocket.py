@@ -183,9 +183,16 @@ class WebSocketExchange(HttpExchange):
         head_bytes, started = self.bytes_out, self.started
         sessions = session.ctx.state.sessions
         sessions.add(relay)  # shutdown reaches it there (relay.shutdown, relay.task, relay.ep)
+        # Drain and rebalance reach it through the process's live registry (node/live.py).
+        live = getattr(session.ctx.state, "live", None)
+        col = getattr(member, "col", None) if live is not None else None
+        if col is not None:
+            live.add(col, relay)
 
         def finished(_done) -> None:
             sessions.discard(relay)
+            if col is not None:
+                live.discard(col, relay)
             pool.release(member)
             if plugins is not None:
                 plugins.close()  # CLIENT_CLOSED: the session handed it to us
