@@ -13,6 +13,7 @@ from wsproxy.config.schema import (
     PoolConfig,
     RouteConfig,
     effective_relay,
+    effective_keepalive,
     effective_ws_idle_timeout,
 )
 from wsproxy.config.units import format_duration as dur
@@ -61,6 +62,7 @@ def _server_line(config: Config) -> str:
         f"log {s.log_level} ({s.log_format})",
         f"access_log {'on' if s.access_log else 'off'}",
         f"grace {dur(s.grace)}",
+        f"reload drain {dur(s.drain_timeout)} then Close 1001 over {dur(s.close_spread)}",
         f"admin {s.admin}" if s.admin else "admin off",
     ]
     if s.state:
@@ -108,6 +110,10 @@ def _route_row(config: Config, route: RouteConfig, chain=None) -> Row:
         relay = "inspect (frame plugins)"
     idle = dur(effective_ws_idle_timeout(config, route)) + (" (route)" if route.ws_idle_timeout is not None else "")
     row = [f"routes[{route.index}]", _route_match(route), f"-> pool {route.pool}", f"relay {relay}", f"ws_idle {idle}"]
+    interval, timeout = effective_keepalive(config, route)
+    if interval:
+        own = " (route)" if route.ping_interval is not None else ""
+        row.append(f"ping {dur(interval)}/{dur(timeout)}{own}")
     if route.allowed_origins:
         row.append("origins " + ", ".join(route.allowed_origins))
     if chain is not None:
@@ -130,7 +136,7 @@ def _pool_block(pool: PoolConfig) -> list[str]:
         "  persist   " + _persist_text(pool),
         f"  upstream  connect {dur(pool.connect_timeout)}  response {dur(pool.response_timeout)}"
         f"  ws_idle {dur(pool.ws_idle_timeout)}  retries {pool.retries}"
-        f"  down after {pool.fail_threshold} fails for {dur(pool.down_time)}"
+        f"  down after {pool.fail_threshold} fails for {dur(pool.down_time)} (backoff to {dur(pool.down_time_max)})"
         + (f"  keepalive {pool.keepalive_conns} conns for {dur(pool.keepalive_timeout)}"
            if pool.keepalive_conns else "  keepalive off"),
     ]
@@ -138,12 +144,24 @@ def _pool_block(pool: PoolConfig) -> list[str]:
     if pool.health:
         h = pool.health
         where = f" {h.path}" if h.type != "tcp" else ""
-        extras.append(f"health {h.type}{where} every {dur(h.interval)} timeout {dur(h.timeout)}"
+        expect = ""
+        if h.type == "http":
+            expect = " expect " + ("/".join(str(s) for s in h.status) if h.status else "2xx/3xx")
+        extras.append(f"health {h.type}{where}{expect} every {dur(h.interval)} timeout {dur(h.timeout)}"
                       f" rise {h.rise} fall {h.fall}")
+    if pool.slow_start:
+        extras.append(f"slow_start {dur(pool.slow_start)}")
+    if pool.ping_interval:
+        extras.append(f"ping every {dur(pool.ping_interval)} pong within {dur(pool.pong_timeout)}")
     if pool.proxy_protocol:
         extras.append(f"proxy_protocol {pool.proxy_protocol}")
     if extras:
         lines.append("  " + "  ".join(extras))
+    rb = pool.rebalance
+    lines.append(f"  drain     Close 1012 spread over {dur(pool.drain_spread)}  rebalance "
+                 + (f"{'auto' if rb.auto else 'on demand'}: over {1 + rb.threshold:g}x fair share, "
+                    f"{rb.rate:g}/s, at most {rb.max_fraction:.0%} per episode, {rb.order} first"
+                    if rb is not None else "on demand only (defaults)"))
     return lines
 
 
