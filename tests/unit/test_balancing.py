@@ -401,13 +401,14 @@ def test_down_member_gets_one_trial_after_down_time_then_recovers():
     assert a.state == "down"  # ...but not up until a connect succeeds
     assert pool.pick(avoid=(b,)) is None  # one trial at a time
 
-    # The trial fails: still down, for another down_time, and no new "marked down" event.
-    assert pool.connect_failed(a) is False
-    assert (a.state, a.down_until) == ("down", 20.0)
-    clock.now = 15.0
+    # The trial fails: ejected again, for twice as long (exponential backoff), and the
+    # caller logs the new ejection.
+    assert pool.connect_failed(a) is True
+    assert (a.state, a.down_until, a.down_for) == ("down", 30.0, 20.0)
+    clock.now = 29.9
     assert pool.pick(avoid=(b,)) is None
 
-    clock.now = 20.0
+    clock.now = 30.0
     assert pool.pick(avoid=(b,)) is a
     assert pool.connect_ok(a) is True  # back up: the caller logs it
     assert (a.state, a.fail_streak, a.down_until) == ("up", 0, 0.0)

@@ -109,13 +109,15 @@ class MaglevHash:
         return rest[code % len(rest)]
 
     def _refresh(self) -> None:
-        weights = tuple(m.weight for m in self.members)
+        # table_weight: the operator's or config's weight, without the slow-start ramp (a
+        # ramp step would move keys and cost a rebuild; see Member.table_weight).
+        weights = tuple(m.table_weight for m in self.members)
         if weights == self._weights:
             return
-        owners = sorted((m for m in self.members if m.weight > 0), key=lambda m: str(m.addr))
+        owners = sorted((m for m in self.members if m.table_weight > 0), key=lambda m: str(m.addr))
         self._owners = tuple(owners)
         self._table = (
-            build_table([str(m.addr) for m in owners], [m.weight for m in owners], self.table_size)
+            build_table([str(m.addr) for m in owners], [m.table_weight for m in owners], self.table_size)
             if owners
             else array("i")
         )

@@ -45,12 +45,13 @@ class WeightedLeastConn:
             weight = member.weight
             if weight <= 0:
                 continue  # weight 0: only when nothing else is left (_last_resort)
+            active = member.active  # read once: a property over the node table's cells
             if best is None:
-                best, best_active, best_weight = member, member.active, weight
+                best, best_active, best_weight = member, active, weight
                 continue
-            left, right = member.active * best_weight, best_active * weight
+            left, right = active * best_weight, best_active * weight
             if left < right:
-                best, best_active, best_weight, tied = member, member.active, weight, False
+                best, best_active, best_weight, tied = member, active, weight, False
             elif left == right:
                 tied = True
         if best is None:

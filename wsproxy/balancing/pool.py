@@ -1,9 +1,24 @@
 """Pool: a pool's members, their availability, and the balancer that chooses among them.
 
-The Pool decides *who may* take a connection (up, not full, not already tried); the
-balancer only decides *which one* of those. Passive health lives here too: consecutive
-connect failures mark a member down for ``down_time``; after that it gets one trial
-connection per ``down_time`` and is up again only when a connect succeeds.
+The Pool decides *who may* take a connection; the balancer only decides *which one* of
+those. A member may take a new connection when it is in service (not draining, not down by
+the active checks: the control plane's ADMIN and HEALTH cells in the NodeTable), not
+ejected by passive health in this process (or due for its trial), not already tried for
+this request, and below its effective max_conns. Connection counts live in the NodeTable
+(node-wide, one row per process), so max_conns and least_conn hold per node.
+
+Passive health (anchors-features.md §1c, "Passive health / outlier": HAProxy's ``observe``
+with ``error-limit``, nginx's ``max_fails``, Envoy's outlier detection) is per process, as
+Envoy's is per worker: consecutive connect failures, or consecutive bad answers
+(``handshake_failed``: a 5xx, or no 101 to a WebSocket upgrade; see ``answer_failed``),
+reaching ``fail_threshold`` eject the member for ``down_time``. After that it gets one trial
+connection per ejection; a failed trial ejects it again for twice as long, up to
+``down_time_max`` (exponential backoff, as Envoy's ``max_ejection_time``); a success brings
+it back and resets the backoff. A member ejected for bad answers comes back only on a good
+answer, not on a mere TCP connect. While a member is ejected this process holds +1 in the
+``("member_ejected", pool, addr)`` gauge, so the admin API can say "down (passive) in k
+processes". Every transition returns True so the caller logs it (wsproxy/health/passive.py
+does).
 
 Caller protocol (the I/O shell, one Session):
     member = pool.pick(avoid=tried, key=k, prefer=p)
@@ -11,6 +26,7 @@ Caller protocol (the I/O shell, one Session):
         # None -> pool.can_queue(tried) ? wait in the queue : answer 503 (pool.why_unavailable)
     pool.acquire(member)                     # before connecting, so max_conns counts connects too
     ...connect...  -> pool.connect_ok(member)  or  pool.connect_failed(member) (log if True)
+    ...answer...   -> pool.handshake_ok(member) or pool.handshake_failed(member) (log if True)
     pool.release(member)                     # when that connection ends, whatever happened
 
 The queue (``queue = { size, timeout }``, HAProxy's backend queue): when every member that
@@ -18,7 +34,8 @@ could take a request is full, the request waits. ``enqueue(deliver, avoid)`` reg
 callback; ``release`` hands the freed slot straight to the first waiter that may use that
 member (acquired on its behalf, so no newcomer can take the slot in between: the queue is
 FIFO). ``deliver(member)`` returns False when the waiter gave up meanwhile; the slot then
-goes to the next waiter. Timers and futures belong to the shell (proxy/upstream.py).
+goes to the next waiter. Timers and futures belong to the shell (proxy/upstream.py). The
+queue is per process: only this process's releases wake its waiters.
 """
 
 from __future__ import annotations
@@ -30,20 +47,72 @@ from typing import TYPE_CHECKING, Callable, Collection, Iterable
 
 from wsproxy.balancing import BALANCERS, Balancer
 from wsproxy.balancing.hashing import MaglevHash
-from wsproxy.balancing.member import DOWN, UP, Member
+from wsproxy.balancing.member import Member
 from wsproxy.balancing.sticky import StickyCookie
+from wsproxy.config.schema import PoolConfig as _PoolConfig, defaults
 from wsproxy.errors import ConfigError
+from wsproxy.node.table import ADMIN, ENABLED, GAUGE, HEALTH, HEALTH_UP, NodeTable
 
 if TYPE_CHECKING:
     from wsproxy.config.schema import PoolConfig
 
+_DEFAULTS = defaults(_PoolConfig)
+EJECTED_GAUGE = "member_ejected"  # table.counter_slot((EJECTED_GAUGE, pool, addr), GAUGE)
+
+
+def answer_failed(status: int, upgrade: bool) -> bool:
+    """Does a member's answer count against it (``Pool.handshake_failed``)?
+
+    A 5xx does (HAProxy's ``observe layer7``, Envoy's consecutive 5xx), except 501 and 505
+    to a plain request, which answer the request's method or version (HAProxy leaves them
+    out too). A WebSocket upgrade answered with anything but 101 does too: the member does
+    not speak WebSocket there (a 200 page, a redirect to a login). A 4xx does not: it is the
+    client's doing (bad token, unknown path), and counting it would let any client eject
+    every member with a few bad upgrades.
+    """
+    if upgrade:
+        return status != 101 and not 400 <= status < 500
+    return status >= 500 and status not in (501, 505)
+
+
+def register(table: NodeTable, config: PoolConfig) -> list[tuple[int, int]]:
+    """Assign the pool's table slots: (member column, ejected-gauge column) per member.
+
+    The process that builds the table calls this (through Pool or directly) before workers
+    fork, so every process finds the same slots; afterwards it is only a lookup.
+    """
+    slots = []
+    for member in config.members:
+        addr = str(member.addr)
+        slots.append((table.member_slot(config.name, addr),
+                      table.counter_slot((EJECTED_GAUGE, config.name, addr), GAUGE)))
+    return slots
+
 
 class Pool:
-    def __init__(self, config: PoolConfig, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, config: PoolConfig, table: NodeTable | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """``table``: the node's NodeTable; None makes a private one (unit tests, one-off
+        tools), where the counts are this Pool's alone. ``clock``: monotonic seconds, the
+        clock of ``now_ms()`` (UP_SINCE_MS is compared with it)."""
         self.config = config
         self.name: str = config.name
         self.clock = clock
-        self.members: tuple[Member, ...] = tuple(Member(m) for m in config.members)
+        if table is None:
+            size = max(1, len(config.members))
+            table = NodeTable(rows=1, members=size, counters=size)
+        self.table = table
+        # Options read once (tests may pass a config stand-in without the newer fields).
+        self.fail_threshold: int = config.fail_threshold
+        self.down_time: float = config.down_time
+        self.down_time_max: float = max(_option(config, "down_time_max"), config.down_time)
+        self.slow_start: float = _option(config, "slow_start")
+        members = []
+        for member_config, (col, gauge) in zip(config.members, register(table, config)):
+            member = Member(member_config, table, col, slow_start=self.slow_start, clock=clock)
+            member.ejected_col = gauge
+            members.append(member)
+        self.members: tuple[Member, ...] = tuple(members)
         try:
             balancer_class = BALANCERS[config.balance]
         except KeyError:
@@ -91,12 +160,13 @@ class Pool:
         ``key`` (the request's hash key) is for balance = "hash" and ignored otherwise; None
         there means the request has no key, and ``hash_fallback`` picks instead.
         ``prefer`` (the member a sticky cookie or a plugin names) wins when it may take the
-        connection; when it is down, full or already tried, the balancer picks as if it were
-        not given. ``plugin_key`` (a plugin's ``ctx:hash_key``) hashes with Maglev whatever
-        the pool's balancer, the way iRules ``persist hash`` does.
+        connection; when it is draining, down, full or already tried, the balancer picks as
+        if it were not given. ``plugin_key`` (a plugin's ``ctx:hash_key``) hashes with
+        Maglev whatever the pool's balancer, the way iRules ``persist hash`` does.
         """
         now = self.clock()
-        candidates = [m for m in self.members if self._eligible(m, now) and m not in avoid]
+        eligible = self._eligible
+        candidates = [m for m in self.members if m not in avoid and eligible(m, now)]
         if not candidates:
             return None
         if prefer is not None and prefer in candidates:
@@ -113,12 +183,16 @@ class Pool:
             assert self.fallback is not None
             self.hash_fallbacks += 1
             member = self.fallback.pick(candidates)
-        if member.state == DOWN:
-            # This pick is the member's trial: no other trial until down_time passes again,
-            # even if this attempt is abandoned without connect_ok/connect_failed.
-            member.down_until = now + self.config.down_time
+        if member.ejected:
+            self._trial(member, now)
         member.picks += 1
         return member
+
+    def _trial(self, member: Member, now: float) -> None:
+        # This pick is the ejected member's trial: no other trial until its ejection time
+        # passes again, even if this attempt is abandoned without a verdict.
+        member.trial = True
+        member.down_until = now + member.down_for
 
     def member_named(self, addr: str) -> Member | None:
         """The member at ``addr`` ("host:port", as config and plugins write it), or None."""
@@ -128,15 +202,24 @@ class Pool:
         return None
 
     def available(self, member: Member) -> bool:
-        """May ``member`` take a new connection now (up, or due for a retry, and not full)?"""
+        """May ``member`` take a new connection now (in service, not ejected or due for a
+        trial, not full)?"""
         return self._eligible(member, self.clock())
 
-    def _eligible(self, member: Member, now: float) -> bool:
-        if member.active >= member.max_conns:
+    @staticmethod
+    def _eligible(member: Member, now: float) -> bool:
+        # The hot path (every member, every pick): Member.in_service() and the fast case of
+        # Member.max_conns read inline.
+        cells, ctrl = member._cells, member._ctrl
+        if cells[ctrl + ADMIN] != ENABLED or cells[ctrl + HEALTH] != HEALTH_UP:
             return False
-        if member.state == UP:
-            return True
-        return member.state == DOWN and now >= member.down_until
+        if member.ejected and now < member.down_until:
+            return False
+        return member.active < (member.max_conns if member.slow_start > 0.0 else member._max_conns)
+
+    def _serving(self, member: Member, now: float) -> bool:
+        """In service and not ejected (or due for a trial), whether full or not."""
+        return member.in_service() and not (member.ejected and now < member.down_until)
 
     def why_unavailable(self, avoid: Collection[Member] = ()) -> str:
         """Why pick() found nobody, short enough for a log line or a 503 reason."""
@@ -144,27 +227,30 @@ class Pool:
         total = len(self.members)
         if total == 0:
             return "the pool has no members"
-        down = full = tried = other = available = 0
+        ejected = failing = draining = full = tried = available = 0
         retry_in: float | None = None
         for m in self.members:
             if m in avoid:
                 tried += 1
-            elif m.state == DOWN and now < m.down_until:
-                down += 1
+            elif m.draining:
+                draining += 1
+            elif m.health_down:
+                failing += 1
+            elif m.ejected and now < m.down_until:
+                ejected += 1
                 wait = m.down_until - now
                 retry_in = wait if retry_in is None else min(retry_in, wait)
             elif m.active >= m.max_conns:
                 full += 1
-            elif m.state in (UP, DOWN):
-                available += 1
             else:
-                other += 1  # a state this module does not manage (e.g. draining)
+                available += 1
         down_text = f"down (retry in {retry_in:.1f}s)" if retry_in is not None else "down"
         parts = [
-            (down, down_text),
+            (ejected, down_text),
+            (failing, "down (health check)"),
+            (draining, "draining"),
             (full, "full"),
             (tried, "already tried"),
-            (other, "not in service"),
         ]
         for count, text in parts:
             if count == total:
@@ -178,21 +264,32 @@ class Pool:
 
     # -- connection accounting ----------------------------------------------------------
 
+    # acquire/release are table.add_conns(col, +-1) on this process's row, inlined (they run
+    # for every connection): the cell of row r for col is at _conns + r * members + col.
+
     def acquire(self, member: Member) -> None:
-        member.active += 1
+        table = self.table
+        table.cells[table._conns + table.row * table.members + member.col] += 1
         if self._on_take is not None:
             self._on_take(member)
 
     def release(self, member: Member) -> None:
-        # Never below 0: a double release must not make a member look emptier than it is.
-        if member.active <= 0:
+        table = self.table
+        cells, i = table.cells, table._conns + table.row * table.members + member.col
+        # Never below 0 in this process's row: a double release must not make a member look
+        # emptier than it is (nor take away another process's connection).
+        if cells[i] <= 0:
             return
-        self._drop(member)
-        if self.waiting and self._eligible(member, self.clock()):
-            self._hand_over(member)
+        cells[i] -= 1
+        if self._on_drop is not None:
+            self._on_drop(member)
+        if self.waiting:
+            now = self.clock()
+            if self._eligible(member, now):
+                self._hand_over(member, now)
 
     def _drop(self, member: Member) -> None:
-        member.active -= 1
+        self.table.add_conns(member.col, -1)
         if self._on_drop is not None:
             self._on_drop(member)
 
@@ -200,10 +297,10 @@ class Pool:
 
     def can_queue(self, avoid: Collection[Member] = ()) -> bool:
         """True when waiting makes sense: some member not yet tried is full but in service
-        (a slot will free up), as opposed to every one being down."""
+        (a slot will free up), as opposed to every one being down or draining."""
         now = self.clock()
         return any(
-            m.active >= m.max_conns and (m.state == UP or (m.state == DOWN and now >= m.down_until))
+            m.active >= m.max_conns and self._serving(m, now)
             for m in self.members if m not in avoid
         )
 
@@ -225,23 +322,25 @@ class Pool:
         except ValueError:
             pass
 
-    def _hand_over(self, member: Member) -> None:
+    def _hand_over(self, member: Member, now: float) -> None:
         for waiter in list(self.waiting):
             if member in waiter.avoid:
                 continue  # it already failed to connect there; the slot goes to the next one
             self.waiting.remove(waiter)
             self.acquire(member)
             member.picks += 1
+            if member.ejected:
+                self._trial(member, now)
             if waiter.deliver(member):
                 return
             # The waiter gave up while its wake-up was on its way: undo and try the next.
             self._drop(member)
 
     def retry_after(self, avoid: Collection[Member] = ()) -> int:
-        """Seconds for a 503's Retry-After: the next down member's trial, else the queue timeout."""
+        """Seconds for a 503's Retry-After: the next ejected member's trial, else the queue timeout."""
         now = self.clock()
         waits = [m.down_until - now for m in self.members
-                 if m not in avoid and m.state == DOWN and m.down_until > now]
+                 if m not in avoid and m.ejected and m.down_until > now and m.in_service()]
         if waits and not self.can_queue(avoid):
             return max(1, math.ceil(min(waits)))
         return max(1, math.ceil(self.config.queue.timeout))
@@ -249,29 +348,82 @@ class Pool:
     # -- passive health -----------------------------------------------------------------
 
     def connect_failed(self, member: Member) -> bool:
-        """Count a failed connect. True when this failure marked the member down (log it)."""
+        """Count a failed connect. True when it ejected the member (log it, with
+        ``member.down_for``)."""
         member.connect_failures += 1
         member.fail_streak += 1
-        now = self.clock()
-        if member.state == DOWN:
-            # A failed trial: stay down for another down_time (no new transition to log).
-            member.down_until = now + self.config.down_time
-            return False
-        threshold = self.config.fail_threshold
-        if threshold > 0 and member.fail_streak >= threshold:
-            member.state = DOWN
-            member.down_until = now + self.config.down_time
-            return True
-        return False
+        return self._failed(member, member.fail_streak, "connect")
+
+    def handshake_failed(self, member: Member) -> bool:
+        """Count a bad answer (``answer_failed``: a 5xx, no 101 to an upgrade, or no usable
+        answer at all). True when it ejected the member (log it)."""
+        member.handshake_failures += 1
+        member.handshake_streak += 1
+        return self._failed(member, member.handshake_streak, "handshake")
 
     def connect_ok(self, member: Member) -> bool:
-        """Count a successful connect. True when this success brought the member back up."""
+        """Count a successful connect. True when it brought the member back (log it); a
+        member ejected for its answers stays out until one is good (``handshake_ok``)."""
         member.fail_streak = 0
-        if member.state != DOWN:
-            return False
-        member.state = UP
-        member.down_until = 0.0
+        if member.ejected and member.eject_cause == "connect":
+            return self._back(member)
+        return False
+
+    def handshake_ok(self, member: Member) -> bool:
+        """Count a good answer. True when it brought the member back (log it)."""
+        member.handshake_streak = 0
+        if member.ejected:
+            return self._back(member)
+        return False
+
+    def _failed(self, member: Member, streak: int, cause: str) -> bool:
+        if member.ejected:
+            if not member.trial:
+                return False  # from a connection begun before the ejection: nothing new
+            return self._eject(member, cause)  # the trial failed: out again, for longer
+        if 0 < self.fail_threshold <= streak:
+            return self._eject(member, cause)
+        return False
+
+    def _eject(self, member: Member, cause: str) -> bool:
+        if not member.ejected:
+            member.ejected = True
+            self._gauge(member, 1)
+        member.ejections += 1
+        # down_time, doubled on each ejection without a success in between, capped.
+        if member.ejections == 1:
+            member.down_for = self.down_time
+        else:
+            member.down_for = min(member.down_for * 2, self.down_time_max)
+        member.down_until = self.clock() + member.down_for
+        member.eject_cause = cause
+        member.trial = False
         return True
+
+    def _back(self, member: Member) -> bool:
+        member.ejected = False
+        member.trial = False
+        member.ejections = 0
+        member.down_for = 0.0
+        member.down_until = 0.0
+        member.eject_cause = ""
+        self._gauge(member, -1)
+        if self.slow_start > 0.0:
+            member.back_at = self.clock()  # slow start in this process (Member.ramp)
+        return True
+
+    def close(self) -> None:
+        """This Pool is being replaced (a reload in the same process): take its ejections
+        out of the gauge. Connection counts stay: they live in the table, under columns the
+        new Pool shares, and live connections still release through this Pool."""
+        for member in self.members:
+            if member.ejected:
+                self._gauge(member, -1)
+            member.ejected_col = -1  # counted no more, whatever happens to it later
+
+    def _gauge(self, member: Member, delta: int) -> None:
+        if member.ejected_col >= 0:
+            self.table.add(member.ejected_col, delta)
 
     def __repr__(self) -> str:
         return f"<Pool {self.name} {self.config.balance} {len(self.members)} members>"
@@ -283,6 +435,10 @@ class _Waiter:
     def __init__(self, deliver: Callable[[Member], bool], avoid: tuple[Member, ...]) -> None:
         self.deliver = deliver
         self.avoid = avoid
+
+
+def _option(config, name: str):
+    return getattr(config, name, _DEFAULTS[name])
 
 
 def _chain(hooks: Iterable[Callable[[Member], None] | None]) -> Callable[[Member], None] | None:

@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 
 from wsproxy.balancing.keys import request_key
+from wsproxy.balancing.pool import answer_failed
 from wsproxy.config.schema import effective_proxy_protocol
 from wsproxy.errors import HttpError, UpstreamError
+from wsproxy.health import passive
 from wsproxy.protocol import http1, proxy_header
 from wsproxy.protocol.cookies import cookie_value, without_cookie
 from wsproxy._speedups import rewrite_head
@@ -303,6 +305,8 @@ class HttpExchange:
                 self._log(None, "client closed before the request was sent")
                 return False
             self.member_addr = str(self.up.member.addr)
+            if session.metrics_token is not None:
+                session.ctx.state.metrics.member_connection(self.pool.name, self.member_addr)
             if self.plugins is not None:
                 self.plugins.routed(self.pool.name, self.member_addr)  # ctx.pool / ctx.member
             self._start_response()
@@ -316,6 +320,8 @@ class HttpExchange:
                 await wait_until(self.loop, self.head_future, self.loop.time() + cfg.response_timeout)
                 break
             except TimeoutError:
+                if self.head.is_upgrade:  # passive health; a plain request may be a long poll
+                    self._answer_failed("no response within %gs" % cfg.response_timeout)
                 self._finish_upstream(reusable=False)
                 self._fail(504, "member %s sent no response within %gs" % (self.member_addr, cfg.response_timeout))
                 return False
@@ -325,6 +331,8 @@ class HttpExchange:
                 return False
             except MemberLost as exc:
                 reused = self.up.reused
+                if not reused or exc.got_bytes:  # else maybe a parked connection gone stale
+                    self._answer_failed(exc.reason)
                 self._finish_upstream(reusable=False)
                 if reused and not exc.got_bytes and not self.has_body:
                     reuse = False  # a parked connection went stale: retry once on a fresh one
@@ -332,10 +340,25 @@ class HttpExchange:
                 self._fail(502, "member %s: %s" % (self.member_addr, exc.reason))
                 return False
             except HttpError as exc:
+                self._answer_failed("invalid response: %s" % exc.reason)
                 self._finish_upstream(reusable=False)
                 self._fail(502, "member %s sent an invalid response: %s" % (self.member_addr, exc.reason))
                 return False
+        self._answer_verdict()
         return True
+
+    # -- passive health: the member's answer counts for or against it (balancing/pool.py) --
+    def _answer_verdict(self) -> None:
+        up, status = self.up, self.response_head.status
+        if answer_failed(status, self.head.is_upgrade):
+            passive.answer_failed(up.pool, up.member, "answered %d%s" % (
+                status, " to an upgrade" if self.head.is_upgrade else ""))
+        else:
+            passive.answer_ok(up.pool, up.member)
+
+    def _answer_failed(self, reason: str) -> None:
+        if self.up is not None:
+            passive.answer_failed(self.up.pool, self.up.member, reason)
 
     async def _respond_after_plugins(self) -> bool:
         """HTTP_RESPONSE plugins edit the head; then it goes out and the held events follow.

@@ -12,6 +12,7 @@ import logging
 from collections import deque
 
 from wsproxy.errors import UpstreamError
+from wsproxy.health import passive
 from wsproxy.logs import event
 from wsproxy.proxy.endpoint import DISCARD, Endpoint
 
@@ -150,12 +151,9 @@ async def connect_to_pool(pool, idle: IdleConnections | None, *, reuse: bool = T
             pool.release(member)
             why = "connect timeout" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
             failures.append(f"{member.addr}: {why}")
-            marked_down = pool.connect_failed(member)
             event(logging.WARNING, "member connect failed", pool=pool.name, member=str(member.addr),
                   error=why, attempt=attempt)
-            if marked_down:
-                event(logging.WARNING, "member marked down", pool=pool.name, member=str(member.addr),
-                      fail_streak=member.fail_streak, retry_in_s=cfg.down_time)
+            passive.connect_failed(pool, member, why)  # logs "member ejected" when it is
             avoid.append(member)
             if on_failed is not None and on_failed(
                     member, attempt, "timeout" if isinstance(exc, TimeoutError) else "refused",
@@ -165,7 +163,7 @@ async def connect_to_pool(pool, idle: IdleConnections | None, *, reuse: bool = T
         except BaseException:
             pool.release(member)
             raise
-        pool.connect_ok(member)
+        passive.connect_ok(pool, member)  # logs "member back" when it is
         return Upstream(pool, member, ep, False, attempt, queued)
     if failures:
         raise UpstreamError(502, "could not connect to pool %s: %s" % (pool.name, "; ".join(failures)))
