@@ -245,6 +245,18 @@ cdef class FrameTracker:
         finally:
             PyBuffer_Release(&view)
 
+    def feed_to_frame(self, data, pong_only=True):
+        """Like ``feed``, but stop where a frame begins in ``data`` (a Pong frame only, with
+        ``pong_only``), before its first byte; return the bytes consumed (``len(data)``
+        when no such frame begins in it). The relay's keep-alive uses it to cut its own
+        Pongs out of a stream and to put its Pings between frames (proxy/relay.py)."""
+        cdef Py_buffer view
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            return self._consume_to(<const uint8_t *>view.buf, view.len, pong_only)
+        finally:
+            PyBuffer_Release(&view)
+
     cdef int _consume(self, const uint8_t *data, Py_ssize_t size) except -1:
         cdef Py_ssize_t pos = 0
         cdef uint64_t take
@@ -283,6 +295,51 @@ cdef class FrameTracker:
                 if self._need == 0:
                     self._header_done()
         return 0
+
+    cdef Py_ssize_t _consume_to(self, const uint8_t *data, Py_ssize_t size, bint pong_only) except -1:
+        # _consume's loop, stopping where a frame (a Pong, with pong_only) begins; returns the
+        # bytes consumed. A copy rather than a shared inline: GCC would not inline a shared
+        # loop into both, and _consume is every track-mode read (keep the two in step).
+        cdef Py_ssize_t pos = 0
+        cdef uint64_t take
+        self._bytes_in += <uint64_t>size
+        if self._state == DEAD:
+            raise FrameError(self._error_code, self._error_reason)
+        while pos < size:
+            if self._state == PAYLOAD:
+                take = <uint64_t>(size - pos)
+                if self._remaining < take:
+                    take = self._remaining
+                if self._collect:  # a Close payload: at most 125 bytes in all
+                    memcpy(self._close_payload + self._close_len, data + pos, <size_t>take)
+                    self._close_len += <unsigned int>take
+                pos += <Py_ssize_t>take
+                self._remaining -= take
+                if self._remaining == 0:
+                    self._end_frame()
+            elif self._state == HEAD0:
+                if pong_only == 0 or (data[pos] & 0x0F) == OP_PONG:
+                    self._bytes_in -= <uint64_t>(size - pos)  # the rest is not consumed
+                    return pos
+                self._frame_start = self._bytes_in - <uint64_t>size + <uint64_t>pos
+                self._first_byte(data[pos])
+                pos += 1
+            elif self._state == HEAD1:
+                self._second_byte(data[pos])
+                pos += 1
+            elif self._state == LENGTH:
+                self._length = (self._length << 8) | data[pos]
+                pos += 1
+                self._need -= 1
+                if self._need == 0:
+                    self._length_done()
+            else:  # MASK_KEY
+                self._key[4 - self._need] = data[pos]
+                pos += 1
+                self._need -= 1
+                if self._need == 0:
+                    self._header_done()
+        return size
 
     cdef inline int _first_byte(self, uint8_t byte) except -1:
         cdef Violation violation = first_byte_violation(byte, self._rsv_allowed, self._fragmented)

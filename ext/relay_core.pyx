@@ -28,6 +28,9 @@ frames, the partial-write remainder) therefore always precede any later direct s
 ``send`` errors other than EAGAIN/EINTR: the bytes go to ``transport.write`` like a partial
 write, and the leg stops sending directly; the transport meets the same error on its own
 write and reports it through ``connection_lost(exc)``, as it did before direct sends.
+
+Keep-alive routes (``enable_keepalive``; the pure twin's docstring says what it does) take
+another path per read, ``_relay_ka``; other routes pay one pointer test (``ka is not None``).
 """
 
 cimport cython
@@ -37,7 +40,10 @@ from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
 from libc.errno cimport EINTR, errno
 from libc.stdint cimport uint8_t
 from libc.stdlib cimport free
+from libc.string cimport memcpy
 from posix.stdlib cimport posix_memalign
+
+from wsproxy._ext.frames cimport HEAD0  # FrameTracker._state at a frame boundary
 
 from wsproxy.errors import FrameError
 
@@ -54,6 +60,7 @@ READ_BUFFER_SIZE = 256 * 1024  # one read; 64 KiB cost ~30% more CPU per GB rela
 cdef enum:
     _C = 1
     _M = 2
+    _OP_PONG = 10
 
 cdef extern from *:
     """
@@ -86,6 +93,9 @@ cdef extern from *:
 # sets up no try block (saving and restoring the thread's exception state each time).
 ctypedef int (*_consume_t)(FrameTracker, const uint8_t *, Py_ssize_t) noexcept
 cdef _consume_t _consume = <_consume_t>FrameTracker._consume
+# The same for the keep-alive path's _consume_to (feed_to_frame): -1 means it raised.
+ctypedef Py_ssize_t (*_consume_to_t)(FrameTracker, const uint8_t *, Py_ssize_t, bint) noexcept
+cdef _consume_to_t _consume_to = <_consume_to_t>FrameTracker._consume_to
 
 
 cdef int _raise_pending() except -1:
@@ -233,6 +243,46 @@ cdef int _dispatch(RelayCore relay, bint from_client, object data) except -1:
         PyBuffer_Release(&view)
 
 
+cdef inline int _pong_size(const unsigned char *head) noexcept:
+    # A Pong's wire size from its first two bytes (the tracker checked them: length <= 125).
+    return 2 + (4 if head[1] & 0x80 else 0) + (head[1] & 0x7F)
+
+
+@cython.final
+cdef class KeepAlive:
+    """KeepAlive(token)
+--
+
+A keep-alive route's state of one relay (see the pure twin, wsproxy.protocol.relay_core)."""
+
+    # Fields are declared in wsproxy/_ext/relay_core.pxd.
+
+    def __init__(self, bytes token):
+        if not 0 < len(token) <= 125:
+            raise ValueError("a ping token is 1 to 125 bytes")
+        self.token = token
+
+    @property
+    def holding(self):
+        """Leg bits: a Pong from the leg is partly read and held back (the stream it travels
+        on has forwarded nothing of it, so it is at a frame boundary)."""
+        return (_C if self._hold_len[0] else 0) | (_M if self._hold_len[1] else 0)
+
+    cdef bint _ours(self, const unsigned char *frame, int size) noexcept:
+        # frame: a whole Pong as it came (header, mask key if masked, payload)
+        cdef const unsigned char *token = <const unsigned char *>PyBytes_AS_STRING(self.token)
+        cdef bint masked = frame[1] & 0x80
+        cdef int length = frame[1] & 0x7F
+        cdef const unsigned char *payload = frame + (6 if masked else 2)
+        cdef int i
+        if length != PyBytes_GET_SIZE(self.token):
+            return False
+        for i in range(length):
+            if (payload[i] ^ (frame[2 + (i & 3)] if masked else 0)) != token[i]:
+                return False
+        return True
+
+
 cdef class RelayCore:
     # Fields and C methods are declared in wsproxy/_ext/relay_core.pxd.
 
@@ -260,6 +310,16 @@ cdef class RelayCore:
         self.client_leg = None
         self.member_leg = None
         self._whole = None
+        self.ka = None
+
+    def enable_keepalive(self, token):
+        """Absorb the Pongs carrying ``token`` both ways and offer Pings to ``_inject_ping``
+        at frame boundaries (track mode only); returns the KeepAlive state (``ka``)."""
+        if self.c2u is None:
+            raise ValueError("keep-alive needs frame tracking (track or inspect relay)")
+        if self.ka is None:
+            self.ka = KeepAlive(token)
+        return self.ka
 
     def attach(self):
         """Become both transports' protocol (a RelayLeg each); see the module docstring."""
@@ -291,6 +351,8 @@ cdef class RelayCore:
         if tracker is not None:
             if self.c2u_broken:
                 return 0
+            if self.ka is not None:
+                return self._relay_ka(True, data, size)
             if _consume(tracker, data, size) == -1:
                 return self._violation(True, data, size)
             if not self.client_sent_close and tracker._close_code != -1:
@@ -314,6 +376,8 @@ cdef class RelayCore:
         if tracker is not None:
             if self.u2c_broken:
                 return 0
+            if self.ka is not None:
+                return self._relay_ka(False, data, size)
             if _consume(tracker, data, size) == -1:
                 return self._violation(False, data, size)
             if not self.member_sent_close and tracker._close_code != -1:
@@ -326,6 +390,109 @@ cdef class RelayCore:
                 self.closed_to_client = True
         if self.closed_to_client and (self.client_sent_close or self.c2u_broken):
             self._shut(self.client)
+        return 0
+
+    # -- the keep-alive path ---------------------------------------------------------------
+    cdef int _relay_ka(self, bint from_client, const uint8_t *data, Py_ssize_t size) except -1:
+        """A read on a keep-alive route: forwarded in pieces that end where a Pong begins
+        (held back, then absorbed if ours) or, while a Ping is owed to the destination,
+        where any frame begins (the Ping goes there)."""
+        cdef KeepAlive ka = self.ka
+        cdef FrameTracker tracker = self.c2u if from_client else self.u2c
+        cdef int side = 0 if from_client else 1  # index of this stream's hold
+        cdef int to_leg = _M if from_client else _C  # where this stream goes: its Pings ride it
+        cdef Py_ssize_t n
+        ka.heard |= _C if from_client else _M
+        while size > 0:
+            if ka._hold_len[side] == 0:
+                if ka.want & to_leg and tracker._state == HEAD0:
+                    self._ping_now(to_leg)
+                n = _consume_to(tracker, data, size, not (ka.want & to_leg))
+                if n == -1:
+                    return self._violation(from_client, data, size)
+                if n:
+                    self._pass(from_client, data, n)
+                    data += n
+                    size -= n
+                if size == 0 or (data[0] & 0x0F) != _OP_PONG:
+                    continue  # all read, or a frame begins where the owed Ping goes
+            n = self._hold_pong(from_client, data, size)
+            if n < 0:
+                return 0  # a violation inside the Pong (handled)
+            data += n
+            size -= n
+        if ka.want & to_leg and (tracker._state == HEAD0 or ka._hold_len[side]):
+            self._ping_now(to_leg)
+        if from_client:
+            if self.client_sent_close and self.closed_to_client:
+                self._shut(self.client)
+        elif self.closed_to_client and (self.client_sent_close or self.c2u_broken):
+            self._shut(self.client)
+        return 0
+
+    cdef int _pass(self, bint from_client, const uint8_t *data, Py_ssize_t size) except -1:
+        """What the plain path does with a read, for a piece of one the tracker has read."""
+        cdef FrameTracker tracker
+        if from_client:
+            tracker = self.c2u
+            if not self.client_sent_close and tracker._close_code != -1:
+                self.client_sent_close = True
+                self._first_close(CLIENT, tracker._close_code)
+            if not self.closed_to_member and not (self.ended & _M):
+                self.bytes_in += size
+                self._forward(self.member_leg, self.member, data, size)
+                if self.client_sent_close:
+                    self.closed_to_member = True
+        else:
+            tracker = self.u2c
+            if not self.member_sent_close and tracker._close_code != -1:
+                self.member_sent_close = True
+                self._first_close(MEMBER, tracker._close_code)
+            if not self.closed_to_client and not (self.ended & _C):
+                self.bytes_out += size
+                self._forward(self.client_leg, self.client, data, size)
+                if self.member_sent_close:
+                    self.closed_to_client = True
+        return 0
+
+    cdef Py_ssize_t _hold_pong(self, bint from_client, const uint8_t *data, Py_ssize_t size) except -2:
+        """Take the bytes of the Pong being read (at most its end) into the hold; once it is
+        whole, absorb it if it carries our token, else forward it. Returns the bytes taken,
+        -1 after a violation (handled: the hook gets the held bytes, so nothing is valid
+        before the bad frame and the far side is at a frame boundary)."""
+        cdef KeepAlive ka = self.ka
+        cdef FrameTracker tracker = self.c2u if from_client else self.u2c
+        cdef int side = 0 if from_client else 1
+        cdef unsigned char *hold = ka._hold[side]
+        cdef int held = ka._hold_len[side]
+        cdef Py_ssize_t used = 0
+        cdef Py_ssize_t need
+        while used < size:
+            need = (2 - held) if held < 2 else (_pong_size(hold) - held)
+            if need == 0:
+                break
+            if need > size - used:
+                need = size - used
+            memcpy(hold + held, data + used, <size_t>need)
+            held += <int>need
+            if _consume(tracker, data + used, need) == -1:
+                ka._hold_len[side] = 0
+                self._violation(from_client, hold, held)
+                return -1
+            used += need
+        if held >= 2 and held == _pong_size(hold):
+            ka._hold_len[side] = 0
+            if ka._ours(hold, held):
+                ka.answered |= _C if from_client else _M
+            else:
+                self._pass(from_client, hold, held)
+        else:
+            ka._hold_len[side] = held
+        return used
+
+    cdef int _ping_now(self, int to_leg) except -1:
+        self.ka.want &= ~to_leg
+        self._inject_ping(CLIENT if to_leg == _C else MEMBER)
         return 0
 
     cdef int _violation(self, bint client, const uint8_t *data, Py_ssize_t size) except -1:
@@ -387,4 +554,7 @@ cdef class RelayCore:
         raise NotImplementedError
 
     def _shut(self, ep):
+        raise NotImplementedError
+
+    def _inject_ping(self, side):
         raise NotImplementedError

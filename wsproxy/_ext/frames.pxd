@@ -82,6 +82,9 @@ cdef class FrameTracker:
     cdef inline int _end_frame(self) except -1
     cdef int _close_frame_done(self) except -1
     cdef int _fail(self, int code, str reason) except -1
+    # feed_to_frame(): _consume that stops where a frame (a Pong) begins. Last, so the methods
+    # above keep their vtable slots.
+    cdef Py_ssize_t _consume_to(self, const uint8_t *data, Py_ssize_t size, bint pong_only) except -1
 
 
 @cython.final

@@ -26,6 +26,9 @@ class FrameTracker:
     def __init__(self, masked: bool, rsv_allowed: int = 0, max_frame_size: int = 0) -> None: ...
     def feed(self, data: _Bytes) -> None:
         """Advance over ``data`` (any chunking); raise ``FrameError`` on a violation."""
+    def feed_to_frame(self, data: _Bytes, pong_only: bool = True) -> int:
+        """Like ``feed``, but stop before a frame (a Pong only, with ``pong_only``) that begins
+        in ``data``; return the bytes consumed (``len(data)`` if none begins)."""
     @property
     def frames(self) -> int:
         """Complete frames seen."""

@@ -24,6 +24,7 @@ class RelayCore:
     c2u_broken: bool
     u2c_broken: bool
     activity: bool
+    ka: Any  # the KeepAlive state on keep-alive routes (enable_keepalive), else None
     bytes_in: int
     bytes_out: int
     ended: int
@@ -31,6 +32,9 @@ class RelayCore:
     gone: int
 
     def __init__(self, client: Any, member: Any, c2u: Any = None, u2c: Any = None) -> None: ...
+    def enable_keepalive(self, token: bytes) -> Any:
+        """Absorb the Pongs carrying ``token`` both ways and offer Pings to ``_inject_ping``
+        at frame boundaries (track mode only); returns the KeepAlive state (``ka``)."""
     def attach(self) -> None: ...
     def on_data(self, ep: Any, data: bytes) -> None: ...
     def on_pause_writing(self, ep: Any) -> None: ...

@@ -16,7 +16,7 @@ import json
 import re
 from typing import Any, Iterable, Iterator
 
-from wsproxy.config.schema import Address, Config
+from wsproxy.config.schema import Address, Config, effective_relay
 from wsproxy.errors import ConfigError
 
 # Features whose keys are part of site.conf but whose code arrives with a later issue. The
@@ -108,7 +108,8 @@ def no_such(kind: str, name: str, existing: Iterable[str], table: str) -> str:
 
 def check_config(config: Config) -> list[ConfigError]:
     """Every cross-section problem, then every use of a feature that has not landed yet."""
-    return [*_check_references(config), *_check_binds(config), *_check_not_supported(config)]
+    return [*_check_references(config), *_check_binds(config), *_check_keepalive(config),
+            *_check_not_supported(config)]
 
 
 def _check_references(config: Config) -> Iterator[ConfigError]:
@@ -144,6 +145,21 @@ def _check_tcp_pool(listener: str, name: str, pool) -> Iterator[ConfigError]:
                                              'balance = "hash" with hash_key = "source_ip")')
     if pool.balance == "hash" and pool.hash_key not in (None, "source_ip"):
         yield ConfigError(f"{base}.hash_key", f'{why}; expected "source_ip"')
+
+
+def _check_keepalive(config: Config) -> Iterator[ConfigError]:
+    """A route that asks for keep-alive pings itself cannot be raw: pings go between frames,
+    and a raw relay does not see frames. (A pool's ping_interval is only ignored on its raw
+    routes, with a warning when the first WebSocket of one opens: proxy/keepalive.py.)"""
+    for name, listener in config.listeners.items():
+        for route in listener.routes:
+            if route.pool not in config.pools or not route.ping_interval:  # None or 0
+                continue
+            if effective_relay(config, route) == "raw":
+                yield ConfigError(f"{key('listeners', name)}.routes[{route.index}].ping_interval",
+                                  'keep-alive pings need relay = "track" or "inspect" (a raw relay does '
+                                  "not see frames, so it cannot put a ping between two); expected "
+                                  "ping_interval = 0 or another relay")
 
 
 def _binds_overlap(a: Address, b: Address) -> bool:

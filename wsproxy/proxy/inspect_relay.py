@@ -28,8 +28,9 @@ import time
 from wsproxy import _speedups
 from wsproxy.errors import FrameError
 from wsproxy.logs import event
-from wsproxy.protocol.frames import OP_CLOSE, parse_close_payload
+from wsproxy.protocol.frames import OP_CLOSE, OP_PONG, parse_close_payload
 from wsproxy.scripting.events import OPCODES
+from wsproxy.proxy import keepalive
 from wsproxy.proxy.relay import CLIENT, MEMBER, PROXY, WsRelay
 
 __all__ = ["InspectRelay"]
@@ -112,7 +113,7 @@ class InspectRelay(WsRelay):
         if plugins is not None and frame.opcode == OP_CLOSE:
             code, reason = _close_of(frame.payload)
             plugins.ws_close(d.dir, code, reason)
-        if d.frames_hooked and frame.opcode != OP_CLOSE:
+        if d.frames_hooked and frame.opcode != OP_CLOSE and not self._our_pong(frame):
             outcome = plugins.chain.ws_frame(plugins.session, d.dir, frame.opcode, frame.fin,
                                              len(frame.payload), frame.payload, time.monotonic())
             if outcome is not None:
@@ -136,6 +137,11 @@ class InspectRelay(WsRelay):
         if frame.opcode < OP_CLOSE:  # data frames: does a fragmented message stay open?
             d.fragmented = not frame.fin
         self._forward(d, frame.raw or self._build(d, frame.opcode, frame.payload, frame.fin))
+
+    def _our_pong(self, frame) -> bool:
+        """A Pong answering the proxy's own keep-alive Ping: not the application's, so the
+        plugins do not see it (the track core drops it on the way out)."""
+        return self.ka is not None and frame.opcode == OP_PONG and frame.payload == keepalive.TOKEN
 
     def _message(self, d: _Direction, message) -> None:
         plugins = self.plugins

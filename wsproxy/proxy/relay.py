@@ -16,9 +16,16 @@ sent that way. The proxy injects a Close of its own only at a frame boundary:
 - a protocol violation on either side             -> the violation's code (1002, 1007, 1009):
   the frames before the bad one are still delivered; a client's violation goes to the
   member first, whose answer (and Close) reaches the client as from a direct server.
+- a leg that stops answering our pings (keep-alive) -> Close 1001 to the other side, and
+  the silent leg is aborted (proxy/keepalive.py).
 A leg whose closing handshake is done (or whose peer is gone) is shut with a FIN, then
 closed when the peer closes too, or aborted after ``LINGER`` seconds: a lingering close,
 so a Close frame is never destroyed by a reset for unread data.
+
+Keep-alive (``use_keepalive``, track and inspect relays): the sweeper in proxy/keepalive.py
+decides when a leg is pinged and when it is dead; ``ping`` and ``leg_silent`` here write the
+Ping and close; the relay core cuts our Pongs out of the streams and calls ``_inject_ping``
+when a Ping owed to a leg can go in between frames.
 
 Reads. ``start`` hands both transports to RelayCore's legs (``attach``): each transport's
 protocol becomes a ``_Leg``, a BufferedProtocol that reads into the worker's shared read
@@ -36,8 +43,9 @@ from wsproxy import _speedups
 from wsproxy.errors import FrameError
 from wsproxy.logs import event
 from wsproxy._speedups import FrameReader, build_close, build_frame
-from wsproxy.protocol.frames import OP_CLOSE
+from wsproxy.protocol.frames import OP_CLOSE, OP_PING
 from wsproxy.protocol.relay_core import LEG_BOTH, LEG_CLIENT, LEG_MEMBER
+from wsproxy.proxy import keepalive
 
 LINGER = 2.0  # seconds a shut leg waits for its peer to close
 CLIENT = "client"
@@ -116,6 +124,10 @@ class WsRelay(_speedups.RelayCore):
         if self.idle_timeout > 0 and self.sweeper is not None:
             self.idle_since = self.loop.time()
             self.sweeper.add(self)
+        ka = self.ka
+        if ka is not None and self.sweeper is not None:
+            ka.due_client = ka.due_member = keepalive.first_due(self.loop.time(), ka.interval)
+            self.sweeper.keepalive.add(self)
         if client_eof and not self.client.closed:
             self.on_eof(self.client)
         for ep in (self.client, self.member):
@@ -133,16 +145,27 @@ class WsRelay(_speedups.RelayCore):
         if self.gone == _BOTH and not self.done.done():
             if self.sweeper is not None:
                 self.sweeper.discard(self)
+                if self.ka is not None:
+                    self.sweeper.keepalive.discard(self)
             for h in self.linger_handles:
                 h.cancel()
             self.done.set_result(None)
 
     # -- injected Close frames -------------------------------------------------------
+    def out_at_boundary(self, to: int) -> bool:
+        """The stream towards leg ``to`` (a leg bit) is between frames: its tracker is, or
+        what it is reading is one of the peer's Pongs, held back (nothing of it went on)."""
+        tracker = self.u2c if to == _C else self.c2u
+        if tracker.at_boundary:
+            return True
+        ka = self.ka
+        return ka is not None and bool(ka.holding & (_M if to == _C else _C))
+
     def _close_client(self, code: int, reason: str, at_boundary: bool | None = None) -> bool:
         """Send our own Close to the client if the member->client stream is at a boundary."""
         if self.closed_to_client or self.ended & _C or self.u2c is None:
             return False
-        if not (self.u2c.at_boundary if at_boundary is None else at_boundary):
+        if not (self.out_at_boundary(_C) if at_boundary is None else at_boundary):
             return False
         frame = build_close(code, reason, mask=False)
         self.client.write(frame)
@@ -154,7 +177,7 @@ class WsRelay(_speedups.RelayCore):
         """Send our own (masked) Close to the member if client->member is at a boundary."""
         if self.closed_to_member or self.ended & _M or self.c2u is None:
             return False
-        if not (self.c2u.at_boundary if at_boundary is None else at_boundary):
+        if not (self.out_at_boundary(_M) if at_boundary is None else at_boundary):
             return False
         self.member.write(build_close(code, reason, mask=True))
         self.closed_to_member = True
@@ -293,15 +316,94 @@ class WsRelay(_speedups.RelayCore):
         self._shut(self.client)
         self._shut(self.member)
 
+    # -- keep-alive (the policy is proxy/keepalive.py's) -------------------------------
+    def use_keepalive(self, interval: float, timeout: float) -> bool:
+        """Ping both legs every ``interval`` s, close a leg silent for ``timeout`` s after a
+        ping; call before ``start``. False (and nothing happens) in raw mode: no frame
+        boundaries to put a ping between."""
+        if interval <= 0 or not self.track:
+            return False
+        ka = self.enable_keepalive(keepalive.TOKEN)
+        ka.interval = interval
+        ka.timeout = timeout
+        return True
+
+    def keepalive_open(self) -> bool:
+        """Pings still make sense: no Close seen or sent either way, no leg ended or shut,
+        no violation being answered."""
+        return not (self.done.done() or self.ended or self.shut or self.closed_to_client
+                    or self.closed_to_member or self.client_sent_close or self.member_sent_close
+                    or self.c2u_broken or self.u2c_broken or self.answer is not None)
+
+    def stop_keepalive(self) -> None:
+        """No more pings (the WebSocket is closing); our Pongs are still absorbed."""
+        ka = self.ka
+        ka.want = 0
+        ka.interval = 0.0  # idle_tick: the idle timeout applies again
+        if self.sweeper is not None:
+            self.sweeper.keepalive.discard(self)
+
+    def ping(self, to: int, now: float) -> None:
+        """Send our Ping to leg ``to`` (its stream is between frames) and start waiting."""
+        ka = self.ka
+        if to == _C:
+            frame = b"\x89" + bytes((len(ka.token),)) + ka.token
+            self.client.write(frame)
+            self.bytes_out += len(frame)
+            ka.deadline_client = now + ka.timeout
+            ka.due_client = now + ka.interval
+        else:
+            self.member.write(build_frame(OP_PING, ka.token, mask=True))
+            ka.deadline_member = now + ka.timeout
+            ka.due_member = now + ka.interval
+        ka.heard &= ~to  # only what comes after the Ping counts
+        ka.answered &= ~to
+
+    def _inject_ping(self, side: str) -> None:
+        """The relay core: the stream towards ``side`` reached a frame boundary, and a Ping
+        is owed there (``ka.want``, which the core cleared)."""
+        if self.keepalive_open():
+            self.ping(_C if side == CLIENT else _M, self.loop.time())
+
+    def leg_silent(self, bit: int) -> None:
+        """Leg ``bit`` did not answer our Ping in time: Close 1001 to the other side (at a
+        frame boundary, else its connection is just shut), and the silent leg is aborted."""
+        timeout = self.ka.timeout
+        self.stop_keepalive()
+        if bit == _M:
+            silent, why = self.member, "member did not answer a ping within %gs" % timeout
+            sent = self._close_client(1001, "member did not answer a ping")
+        else:
+            silent, why = self.client, "client did not answer a ping within %gs" % timeout
+            sent = self._close_member(1001, "client did not answer a ping")
+        self._first_close(PROXY, 1001, why)
+        event(logging.INFO, "keep-alive: a leg did not answer a ping", side=MEMBER if bit == _M else CLIENT,
+              timeout=timeout, client=self.client.address)
+        if not sent:
+            if self.closed_by == PROXY and self.reason == why:
+                self.reason = why + "; mid-frame, so no Close frame could be sent"
+            # Nothing more goes that way: the silent leg's end must not send a 1014 instead.
+            if bit == _M:
+                self.closed_to_client = True
+            else:
+                self.closed_to_member = True
+        silent.abort()  # its connection_lost shuts the other leg (_leg_ended)
+
     # -- timers and operator actions --------------------------------------------------
     def idle_tick(self, now: float) -> None:
-        """Called by the IdleSweeper every period: close after ``idle_timeout`` of silence."""
+        """Called by the IdleSweeper every period: close after ``idle_timeout`` of silence,
+        unless the keep-alive runs and no Ping waits for a frame boundary: then the pings
+        judge the WebSocket (an idle one alive by ping stays)."""
         if self.done.done():
             return
         if self.activity:
             self.activity = False
             self.idle_since = now
         elif now - self.idle_since >= self.idle_timeout:
+            ka = self.ka
+            if ka is not None and ka.interval and not ka.want:
+                self.idle_since = now
+                return
             self.sweeper.discard(self)
             self.close_both(1001, "idle timeout (%gs)" % self.idle_timeout)
 
