@@ -134,10 +134,14 @@ class TcpSession:
         self.task: asyncio.Task | None = None
         self.client_ip = endpoint.peer[0]
         self.logged = False
+        self.metrics_token = None  # node/metrics.py: set by start() when metrics are on
 
     # -- life ---------------------------------------------------------------------------
     def start(self) -> None:
         self.ctx.state.sessions.add(self)
+        metrics = self.ctx.state.metrics
+        if metrics is not None:
+            self.metrics_token = metrics.connection_opened(self.cfg.name)
         self.task = self.loop.create_task(self.run())
 
     async def run(self) -> None:
@@ -182,6 +186,8 @@ class TcpSession:
             self.connecting = None
         self.member = self.up.endpoint
         self.member_addr = str(self.up.member.addr)
+        if self.metrics_token is not None:
+            self.ctx.state.metrics.member_connection(self.pool.name, self.member_addr)
         return True
 
     def _relay(self) -> None:
@@ -230,6 +236,9 @@ class TcpSession:
             self.pool.release(self.up.member)
             self.up = None
         self._log()
+        if self.metrics_token is not None:
+            self.ctx.state.metrics.connection_closed(self.metrics_token)
+            self.metrics_token = None
         self.ctx.state.sessions.discard(self)
 
     def _ended(self, by: str, reason: str) -> None:

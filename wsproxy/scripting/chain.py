@@ -162,6 +162,7 @@ class PluginChain:
         self._lua_frame_plugins = tuple(p for p in self._lua_plugins
                                         if any(s.event in ev.FRAME_EVENTS for s in p.subscriptions))
         self.frame_events = frozenset(e for e in ev.FRAME_EVENTS if self._subs[e])
+        self.metrics = None  # node.metrics.Metrics (set by the composition root): plugin_error()
 
     @classmethod
     def for_listener(cls, plugins: Iterable[LoadedPlugin], listener: str | None, **kwargs) -> "PluginChain":
@@ -521,6 +522,8 @@ class PluginChain:
             error = PluginError(plugin.name, event, kind, f"{type(exc).__name__}: {exc}")
             trace = exc
         plugin.stats.errors[(event, error.kind)] += 1
+        if self.metrics is not None:
+            self.metrics.plugin_error(plugin.index)
         now = self._clock()
         if now - plugin.last_error_log >= _ERROR_LOG_INTERVAL:
             more = f" ({plugin.suppressed_errors} more errors since the last report)" if plugin.suppressed_errors else ""
