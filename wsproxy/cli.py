@@ -74,7 +74,12 @@ def main(ctx: click.Context, config_path, log_level, log_format) -> None:
 @click.option("--log-level", type=LOG_LEVELS, default=None, help="overrides server.log_level")
 @click.option("--log-format", type=LOG_FORMATS, default=None, help="text (default) or json lines")
 def run(config_path, log_level, log_format) -> None:
-    """Run the proxy on a site.conf."""
+    """Run the proxy on a site.conf.
+
+    \b
+    SIGHUP          reload site.conf (a bad one is logged and the running config stays)
+    SIGTERM/SIGINT  graceful stop: Close 1001 spread over server.close_spread, then grace
+    """
     _run(config_path, log_level, log_format)
 
 
@@ -130,3 +135,102 @@ def demo(port, backend_ports, host) -> None:
         return lambda: stop_backends(servers)
 
     app.run(config, extra_startup=backends)
+
+
+@main.group()
+@click.option("--admin", "admin", default="127.0.0.1:9901", show_default=True, envvar="WSPROXY_ADMIN",
+              help="the admin API (server.admin) as HOST:PORT; env WSPROXY_ADMIN")
+@click.option("--json", "as_json", is_flag=True, help="print the API's raw JSON answer")
+@click.pass_context
+def ctl(ctx: click.Context, admin, as_json) -> None:
+    """Talk to a running proxy's admin API: status, drain, enable, weight, rebalance.
+
+    \b
+    wsproxy ctl status
+    wsproxy ctl drain chat 127.0.0.1:9001 --spread 30s
+    wsproxy ctl enable chat 127.0.0.1:9001
+    wsproxy ctl weight chat 127.0.0.1:9001 3
+    wsproxy ctl rebalance chat
+    """
+    ctx.obj = {"admin": admin, "json": as_json}
+
+
+def _ctl_call(ctx: click.Context, method: str, path: str, body: dict | None = None, show=None) -> None:
+    import json
+
+    from wsproxy.admin.client import AdminClient, AdminError
+
+    try:
+        answer = AdminClient(ctx.obj["admin"]).call(method, path, body)
+    except AdminError as exc:
+        click.echo(f"wsproxy ctl: {exc}", err=True)
+        sys.exit(1)
+    if ctx.obj["json"] or show is None:
+        click.echo(json.dumps(answer, indent=2))
+    else:
+        click.echo(show(answer))
+
+
+@ctl.command("status")
+@click.option("--json", "as_json", is_flag=True, help="print the API's raw JSON answer")
+@click.pass_context
+def ctl_status(ctx, as_json) -> None:
+    """Pools and members: state, connections across all workers, weight, health."""
+    from wsproxy.admin.client import format_status
+
+    if as_json:
+        ctx.obj["json"] = True
+
+    _ctl_call(ctx, "GET", "/api/pools", show=format_status)
+
+
+@ctl.command("drain")
+@click.argument("pool")
+@click.argument("addr")
+@click.option("--spread", default=None, help='close its WebSockets (1012) over this window, e.g. "10s" '
+                                             "(default: the pool's drain_spread)")
+@click.pass_context
+def ctl_drain(ctx, pool, addr, spread) -> None:
+    """Drain member ADDR of POOL: no new connections, WebSockets closed with 1012."""
+    from wsproxy.admin.client import member_path
+
+    body = {"spread": spread} if spread is not None else None
+    _ctl_call(ctx, "POST", member_path(pool, addr, "drain"), body,
+              show=lambda a: f"{pool} {addr}: draining, {a.get('conns')} connection(s) to close "
+                             f"over {a.get('spread_s')}s")
+
+
+@ctl.command("enable")
+@click.argument("pool")
+@click.argument("addr")
+@click.pass_context
+def ctl_enable(ctx, pool, addr) -> None:
+    """Put member ADDR of POOL back in service (ends a drain)."""
+    from wsproxy.admin.client import member_path
+
+    _ctl_call(ctx, "POST", member_path(pool, addr, "enable"), show=lambda a: f"{pool} {addr}: {a.get('state')}")
+
+
+@ctl.command("weight")
+@click.argument("pool")
+@click.argument("addr")
+@click.argument("weight", type=int)
+@click.pass_context
+def ctl_weight(ctx, pool, addr, weight) -> None:
+    """Set the weight of member ADDR of POOL (overrides the config's until a restart)."""
+    from wsproxy.admin.client import member_path
+
+    _ctl_call(ctx, "POST", member_path(pool, addr, "weight"), {"weight": weight},
+              show=lambda a: f"{pool} {addr}: weight {a.get('weight')}")
+
+
+@ctl.command("rebalance")
+@click.argument("pool")
+@click.pass_context
+def ctl_rebalance(ctx, pool) -> None:
+    """Shed connections of POOL's busiest members now (Close 1012), within its policy."""
+    from urllib.parse import quote
+
+    _ctl_call(ctx, "POST", f"/api/pools/{quote(pool, safe='')}/rebalance",
+              show=lambda a: f"{pool}: {a.get('closes_planned')} close(s) planned of {a.get('conns')} "
+                             f"connection(s), at most {a.get('rate_per_s')}/s")

@@ -72,6 +72,8 @@ class ClientSession:
         # This connection's plugins (plugin_hooks.py), or None when none applies here.
         self.plugins = ConnectionPlugins(chain, self.client_ip) if chain is not None else None
         self.routing = None  # the current request's plugin routing choices (plugin_hooks.Routing)
+        self.metrics_token = None  # node/metrics.py: set by start() when metrics are on
+        self.last_status = None  # the status of the last answer logged (None: no answer)
 
     # -- sink for the client endpoint (HTTP phase) --------------------------------------
     def on_data(self, ep, data: bytes) -> None:
@@ -192,6 +194,9 @@ class ClientSession:
                 self.plugins.close()
                 return
         self.ctx.state.sessions.add(self)
+        metrics = self.ctx.state.metrics
+        # This connection's metrics token (node/metrics.py); a WebSocket relay ends it.
+        self.metrics_token = metrics.connection_opened(self.cfg.name) if metrics is not None else None
         self.task = self.loop.create_task(self.run())
 
     async def run(self) -> None:
@@ -218,6 +223,8 @@ class ClientSession:
                 self.ep.close()
                 if self.plugins is not None:
                     self.plugins.close()
+                if self.metrics_token is not None:
+                    self.ctx.state.metrics.connection_closed(self.metrics_token)
             self.ctx.state.sessions.discard(self)
 
     async def _read_head(self):
@@ -277,7 +284,10 @@ class ClientSession:
         if head.is_upgrade and is_websocket_request(head):
             handler = WebSocketExchange(self, head, route, pool, started)
             self.handler = handler
+            self.last_status = None
             await handler.run()
+            if self.metrics_token is not None and not self.handed_off:  # (a 101 is counted by the relay)
+                self.ctx.state.metrics.handshake(self.metrics_token, self.last_status, handler.status)
             return False
         if head.is_upgrade:
             # An upgrade we do not proxy (h2c, ...): answer as plain HTTP would be unsafe,
@@ -337,6 +347,7 @@ class ClientSession:
 
     def log_http(self, head, status, *, route=None, pool=None, member=None, reason=None,
                  bytes_in=0, bytes_out=0, started=None, pick=None) -> None:
+        self.last_status = status  # what the client got (metrics: a WebSocket handshake's result)
         access({
             "kind": "http",
             "client": self.ep.address,
@@ -355,11 +366,15 @@ class ClientSession:
         })
 
     # -- shutdown ------------------------------------------------------------------------
-    def shutdown(self) -> None:
-        """Draining: idle sessions close now; busy ones finish their request first."""
+    def shutdown(self, spare_new: bool = False) -> None:
+        """Draining: sessions idle between requests close now; busy ones finish their request
+        first, and so does one that is sending a head. ``spare_new`` (a reload, where the
+        listener keeps serving): a connection that has not sent its first request yet gets it
+        served too, so one accepted just before the switch is not closed unanswered."""
         if self.handler is not None and hasattr(self.handler, "shutdown"):
             self.handler.shutdown()
-        elif not self.busy:
+        elif not self.busy and not self.queue and self.head_started is None \
+                and not (self.parser is not None and self.parser.in_head) and (self.requests or not spare_new):
             self.eof = True
             self._wake()
 

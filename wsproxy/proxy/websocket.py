@@ -164,6 +164,11 @@ class WebSocketExchange(HttpExchange):
         else:
             relay = WsRelay(self.client, self.up.endpoint, mode=route.relay or cfg.relay, rsv=negotiated_rsv(rh),
                             idle_timeout=idle, sweeper=session.ctx.state.sweeper)
+        # Keep-alive (proxy/keepalive.py): the route's ping_interval/pong_timeout, else the pool's.
+        ping_interval = route.ping_interval if route.ping_interval is not None else cfg.ping_interval
+        if ping_interval > 0 and not relay.use_keepalive(
+                ping_interval, route.pong_timeout if route.pong_timeout is not None else cfg.pong_timeout):
+            session.ctx.state.sweeper.keepalive.ignored(route.label, ping_interval)  # a raw relay
         session.hand_off(relay)
         plugins = self.plugins
         pool, member = self.pool, self.up.member
@@ -188,6 +193,10 @@ class WebSocketExchange(HttpExchange):
         col = getattr(member, "col", None) if live is not None else None
         if col is not None:
             live.add(col, relay)
+        # Metrics (node/metrics.py): the 101 and the session now; at the end its frames,
+        # bytes and Close code, and the end of the client connection the session had.
+        metrics, conn_token = session.ctx.state.metrics, session.metrics_token
+        ws_token = metrics.ws_opened(conn_token, pool.name, self.member_addr) if conn_token is not None else None
 
         def finished(_done) -> None:
             sessions.discard(relay)
@@ -196,6 +205,8 @@ class WebSocketExchange(HttpExchange):
             pool.release(member)
             if plugins is not None:
                 plugins.close()  # CLIENT_CLOSED: the session handed it to us
+            if ws_token is not None:
+                metrics.ws_closed(conn_token, ws_token, relay)
             access({
                 **line,
                 "bytes_in": relay.bytes_in,
