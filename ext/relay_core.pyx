@@ -296,6 +296,8 @@ cdef class RelayCore:
         self.track = c2u is not None
         self.bytes_in = 0
         self.bytes_out = 0
+        self.in_at_reply = 0
+        self.frames_at_reply = 0
         self.client_sent_close = False
         self.member_sent_close = False
         self.closed_to_client = False
@@ -370,6 +372,9 @@ cdef class RelayCore:
     cdef int _from_member(self, const uint8_t *data, Py_ssize_t size) except -1:
         cdef FrameTracker tracker = self.u2c
         self.activity = True
+        self.in_at_reply = self.bytes_in
+        if self.c2u is not None:
+            self.frames_at_reply = self.c2u._frames
         if self.answer is not None:
             self._member_answer(PyBytes_FromStringAndSize(<const char *>data, size))
             return 0

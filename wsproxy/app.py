@@ -339,6 +339,14 @@ class App:
             if chain is not None:
                 chain.metrics = self.metrics  # plugin errors -> wsproxy_plugin_errors_total
         pools = {name: Pool(cfg, table=self.table) for name, cfg in config.pools.items()}
+        if self.table.row:
+            # A worker of a master: random_two's generator starts from a fixed seed (replayable
+            # runs); each worker needs its own sequence, or they all draw the same pairs.
+            for pool in pools.values():
+                for balancer in (pool.balancer, pool.fallback):
+                    rng = getattr(balancer, "rng", None)
+                    if rng is not None:
+                        rng.seed(self.table.row * 1_000_003 + os.getpid())
         state = ProxyState(idle=self.idle, sweeper=self.sweeper, table=self.table, metrics=self.metrics,
                            live=self.live, generation=number, loop=self.loop)
         contexts = {

@@ -425,7 +425,8 @@ def test_admin_is_off_unless_configured(members, proxy):
     p = proxy(site_conf({"chat": [a.addr]}, server={"grace": "1s"}))
     assert listening_ports(p.proc.pid) == {p.port}
     q = proxy(admin_conf({"chat": [a.addr]}))
-    assert listening_ports(q.proc.pid) == {q.port, admin_port(q)}  # the check sees the admin port
+    # the check sees the admin port (which may open a moment after the listeners)
+    assert wait_until(lambda: listening_ports(q.proc.pid) == {q.port, admin_port(q)}, 5), listening_ports(q.proc.pid)
 
 
 @pytest.mark.slow

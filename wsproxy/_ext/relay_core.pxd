@@ -46,6 +46,9 @@ cdef class RelayCore:
     cdef public bint track, client_sent_close, member_sent_close, closed_to_client, closed_to_member
     cdef public bint c2u_broken, u2c_broken, activity
     cdef public long long bytes_in, bytes_out
+    # bytes_in and c2u's frame count when the member last sent something: what went to the
+    # member after that is unanswered (reported when the member is lost mid-stream)
+    cdef public long long in_at_reply, frames_at_reply
     cdef public int ended, shut, gone
     cdef readonly RelayLeg client_leg, member_leg
     cdef object _whole               # the bytes object a non-leg read came in (on_data), else None

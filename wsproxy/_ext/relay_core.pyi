@@ -26,6 +26,8 @@ class RelayCore:
     activity: bool
     ka: Any  # the KeepAlive state on keep-alive routes (enable_keepalive), else None
     bytes_in: int
+    in_at_reply: int
+    frames_at_reply: int
     bytes_out: int
     ended: int
     shut: int

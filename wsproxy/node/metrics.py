@@ -97,6 +97,15 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "counter", "WebSockets closed with 1012 because their member was drained.", ("pool", "member")),
     "wsproxy_rebalance_closes_total": (
         "counter", "WebSockets closed with 1012 by rebalancing.", ("pool", "member")),
+    "wsproxy_member_lost_total": (
+        "counter", "WebSocket sessions whose member went away without a Close (the client got 1014).",
+        ("pool", "member")),
+    "wsproxy_member_lost_unanswered_frames_total": (
+        "counter", "Client frames forwarded to a member after its last data, when that member was lost "
+                   "mid-stream: delivered to a member that is gone, maybe never processed.", ("pool", "member")),
+    "wsproxy_member_lost_unanswered_bytes_total": (
+        "counter", "Client bytes forwarded to a member after its last data, when that member was lost "
+                   "mid-stream.", ("pool", "member")),
     "wsproxy_plugin_errors_total": (
         "counter", "Plugin handler failures (errors, invalid verdicts, limits), per [[plugins]] entry.",
         ("plugin", "path")),
@@ -226,6 +235,9 @@ class Metrics:
             *(self._slot("wsproxy_health_changes_total", (*labels, s), (*u, s)) for s in HEALTH_STATES),
             *(self._slot(family, (pool, d), (UNKNOWN, d))
               for family in ("wsproxy_websocket_frames_total", "wsproxy_websocket_bytes_total") for d in DIRECTIONS),
+            self._slot("wsproxy_member_lost_total", labels, u),
+            self._slot("wsproxy_member_lost_unanswered_frames_total", labels, u),
+            self._slot("wsproxy_member_lost_unanswered_bytes_total", labels, u),
         )
         self._members.setdefault(pool, {})[addr] = cols
         if pool != UNKNOWN:
@@ -305,6 +317,14 @@ class Metrics:
         if col is None:
             col = self._close_other(code, relay.closed_by)
         local[col] += 1
+
+    def member_lost(self, member: tuple, frames: int, nbytes: int) -> None:
+        """The member of ``member`` (from ``ws_opened``) went away mid-stream; ``frames`` and
+        ``nbytes`` the client had sent it after its last data (relay.lost_in_flight)."""
+        local = self._local
+        local[member[11]] += 1
+        local[member[12]] += frames
+        local[member[13]] += nbytes
 
     def _close_other(self, code, closed_by) -> int:
         by = closed_by if closed_by in CLOSERS else None

@@ -171,7 +171,7 @@ class KeepAlive:
 
 class RelayCore:
     __slots__ = (
-        "client", "member", "c2u", "u2c", "track", "bytes_in", "bytes_out",
+        "client", "member", "c2u", "u2c", "track", "bytes_in", "bytes_out", "in_at_reply", "frames_at_reply",
         "client_sent_close", "member_sent_close", "closed_to_client", "closed_to_member",
         "c2u_broken", "u2c_broken", "answer", "ended", "shut", "gone", "activity",
         "client_leg", "member_leg", "ka",
@@ -188,6 +188,10 @@ class RelayCore:
         self.track = c2u is not None
         self.bytes_in = 0  # from the client, forwarded
         self.bytes_out = 0  # to the client
+        # bytes_in and c2u's frame count when the member last sent something: what went to the
+        # member after that is unanswered (reported when the member is lost mid-stream)
+        self.in_at_reply = 0
+        self.frames_at_reply = 0
         self.client_sent_close = False  # a Close frame was seen, per sender
         self.member_sent_close = False
         self.closed_to_client = False  # a Close frame was written towards each side
@@ -264,6 +268,9 @@ class RelayCore:
 
     def _from_member(self, data) -> None:
         self.activity = True
+        self.in_at_reply = self.bytes_in
+        if self.c2u is not None:
+            self.frames_at_reply = self.c2u.frames
         if self.answer is not None:
             self._member_answer(data)
             return

@@ -69,7 +69,7 @@ class WsRelay(_speedups.RelayCore):
 
     __slots__ = (
         "loop", "done", "close_code", "closed_by", "reason", "rsv", "idle_timeout", "idle_since",
-        "sweeper", "linger_handles",
+        "sweeper", "linger_handles", "lost_in_flight",
     )
 
     Leg = _Leg
@@ -89,6 +89,7 @@ class WsRelay(_speedups.RelayCore):
         self.idle_since = 0.0  # loop time of the sweep that found no activity
         self.sweeper = sweeper  # proxy/idle.py: checks `activity` for the idle timeout
         self.linger_handles: list[asyncio.TimerHandle] = []
+        self.lost_in_flight: tuple | None = None  # (frames, bytes) unanswered when the member was lost
 
     # What App.stop uses on every live session: the awaitable that ends with it, the client
     # connection to abort when the grace period is over, and shutdown().
@@ -223,9 +224,15 @@ class WsRelay(_speedups.RelayCore):
                 if exc is not None:
                     why = "member connection lost (%s)" % exc.__class__.__name__
                 self._first_close(MEMBER, 1006, why)
+                # What the client sent after the member's last word went to a member that is
+                # gone: it may or may not have been processed (no application ack to tell).
+                c2u = self.c2u
+                self.lost_in_flight = (c2u.frames - self.frames_at_reply if c2u is not None else None,
+                                       self.bytes_in - self.in_at_reply)
                 if self._close_client(1014, "member lost"):
                     event(logging.INFO, "member lost: sent Close 1014 to the client",
-                          client=self.client.address)
+                          client=self.client.address, unanswered_frames=self.lost_in_flight[0],
+                          unanswered_bytes=self.lost_in_flight[1])
                 elif not self.closed_to_client:
                     self.reason = why + "; mid-frame, so no Close frame could be sent"
             self._shut(self.client)

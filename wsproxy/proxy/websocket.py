@@ -189,8 +189,8 @@ class WebSocketExchange(HttpExchange):
         sessions = session.ctx.state.sessions
         sessions.add(relay)  # shutdown reaches it there (relay.shutdown, relay.task, relay.ep)
         # Drain and rebalance reach it through the process's live registry (node/live.py).
-        live = getattr(session.ctx.state, "live", None)
-        col = getattr(member, "col", None) if live is not None else None
+        live = session.ctx.state.live
+        col = member.col if live is not None else None
         if col is not None:
             live.add(col, relay)
         # Metrics (node/metrics.py): the 101 and the session now; at the end its frames,
@@ -207,6 +207,11 @@ class WebSocketExchange(HttpExchange):
                 plugins.close()  # CLIENT_CLOSED: the session handed it to us
             if ws_token is not None:
                 metrics.ws_closed(conn_token, ws_token, relay)
+            lost = relay.lost_in_flight
+            if lost is not None:
+                line["unanswered_frames"], line["unanswered_bytes"] = lost
+                if ws_token is not None:
+                    metrics.member_lost(ws_token, lost[0] or 0, lost[1])
             access({
                 **line,
                 "bytes_in": relay.bytes_in,
