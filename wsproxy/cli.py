@@ -116,20 +116,23 @@ def version() -> None:
 @click.option("--port", default=8080, show_default=True, help="proxy port")
 @click.option("--backend-ports", default="9001,9002", show_default=True, help="two demo member ports")
 @click.option("--host", default="127.0.0.1", show_default=True)
-def demo(port, backend_ports, host) -> None:
-    """Start two demo backends and the proxy in front of them; print the URL."""
+@click.option("--admin-port", default=9901, show_default=True, help="admin API and stats page port")
+def demo(port, backend_ports, host, admin_port) -> None:
+    """Start two demo backends and the proxy in front of them; print the URLs."""
     from wsproxy import app
     from wsproxy.config import parse_config
     from wsproxy.demo import demo_config, start_backends, stop_backends
 
     ports = [int(p) for p in backend_ports.split(",")]
-    config = parse_config(demo_config(port, ports, host=host), source="<demo>")
+    config = parse_config(demo_config(port, ports, host=host, admin_port=admin_port), source="<demo>")
 
     async def backends():
         servers = await start_backends(host, ports)
         click.echo("")
         click.echo(f"  wsproxy demo: open http://{host}:{port}/  (chat over a WebSocket)")
         click.echo(f"  members: {', '.join(f'{host}:{p}' for p in ports)}  (balance: least_conn)")
+        click.echo(f"  stats:   http://{host}:{admin_port}/  (members, health, connections; drain/enable)")
+        click.echo(f"  metrics: http://{host}:{admin_port}/metrics    try: wsproxy ctl --admin {host}:{admin_port} status")
         click.echo("  Ctrl-C stops it.")
         click.echo("")
         return lambda: stop_backends(servers)

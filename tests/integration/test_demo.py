@@ -314,8 +314,9 @@ def test_demo_config_shape():
     listener = cfg["listeners"]["public"]
     assert listener["bind"] == "127.0.0.1:8080" and listener["mode"] == "http"
     assert listener["routes"] == [{"path": "/ws", "pool": "chat"}, {"pool": "chat"}]
-    assert cfg["pools"]["chat"] == {"balance": "least_conn",
-                                    "members": ["127.0.0.1:9001", "127.0.0.1:9002"]}
+    chat = cfg["pools"]["chat"]
+    assert (chat["balance"], chat["members"]) == ("least_conn", ["127.0.0.1:9001", "127.0.0.1:9002"])
+    assert chat["health"]["type"] == "http" and cfg["server"]["admin"] == "127.0.0.1:9901"
     assert demo_config(1, [2, 3], host="::1")["pools"]["chat"]["members"] == ["[::1]:2", "[::1]:3"]
 
 
@@ -333,3 +334,42 @@ def test_demo_config_is_accepted_by_parse_config():
     assert config.pools["chat"].balance == "least_conn"
     assert [str(m.addr) for m in config.pools["chat"].members] == ["127.0.0.1:9001",
                                                                    "127.0.0.1:9002"]
+
+
+def test_wsproxy_demo_serves_the_page_the_stats_page_and_the_api():
+    """`wsproxy demo` as `make demo` runs it: members + proxy + admin, no setup."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from .support import REPO, base_env, free_port, port_open, wait_until
+
+    port, a, b, admin = free_port(), free_port(), free_port(), free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "wsproxy", "demo", "--port", str(port),
+                             "--backend-ports", f"{a},{b}", "--admin-port", str(admin)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(REPO), env=base_env(),
+                            start_new_session=True)
+    try:
+        assert wait_until(lambda: port_open(port) and port_open(admin), 15), proc.stderr.read1().decode()
+
+        def get(url: str) -> bytes:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                return resp.read()
+
+        assert b"<html" in get(f"http://{HOST}:{port}/").lower()
+        assert b"wsproxy" in get(f"http://{HOST}:{admin}/").lower()
+        pools = wait_until(lambda: json.loads(get(f"http://{HOST}:{admin}/api/pools")), 5)
+        members = pools["pools"]["chat"]["members"]
+        assert [(m["addr"], m["state"]) for m in members] == [(f"{HOST}:{a}", "up"), (f"{HOST}:{b}", "up")]
+        assert b"wsproxy_connections_total" in get(f"http://{HOST}:{admin}/metrics")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            out, _ = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
+    assert f"http://{HOST}:{admin}/".encode() in out  # the stats URL is printed
+    assert proc.returncode == 0

@@ -15,10 +15,15 @@ def _addr(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def demo_config(proxy_port: int, backend_ports: list[int], host: str = "127.0.0.1") -> dict:
-    """The demo's config as the dict tomllib would give for sample.conf (for parse_config)."""
+def demo_config(proxy_port: int, backend_ports: list[int], host: str = "127.0.0.1",
+                admin_port: int = 9901) -> dict:
+    """The demo's config as the dict tomllib would give for sample.conf (for parse_config).
+
+    The admin API (stats page, /metrics, drain) listens on ``admin_port`` of the same host,
+    which is loopback unless the operator asked for another."""
     return {
-        "server": {"workers": 1, "log_level": "info", "access_log": True},
+        "server": {"workers": 1, "log_level": "info", "access_log": True,
+                   "admin": _addr(host, admin_port)},
         "listeners": {
             "public": {
                 "bind": _addr(host, proxy_port),
@@ -33,6 +38,9 @@ def demo_config(proxy_port: int, backend_ports: list[int], host: str = "127.0.0.
             "chat": {
                 "balance": "least_conn",
                 "members": [_addr(host, port) for port in backend_ports],
+                "health": {"type": "http", "path": "/healthz", "interval": "2s", "timeout": "1s"},
+                "ping_interval": "20s",
+                "drain_spread": "5s",
             },
         },
     }
