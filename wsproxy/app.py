@@ -446,6 +446,10 @@ class App:
         except ConfigErrors as exc:
             log_rejected(exc, old.number)
             return False
+        except RuntimeError as exc:  # the node table has no column left for a new member
+            event(logging.ERROR, "reload rejected: %s; generation %d keeps running (restart to start "
+                  "afresh)" % (exc, old.number), source=path)
+            return False
         if worker_count(config.server) != 1:
             event(logging.WARNING, "server.workers changed: a single-process wsproxy cannot start workers "
                   "on a reload; restart it to apply", workers=config.server.workers)

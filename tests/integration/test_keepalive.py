@@ -382,6 +382,31 @@ def test_a_leg_that_keeps_sending_is_alive_without_its_pong(proxy):
     assert "member did not answer a ping" in ws_access(p)["reason"]
 
 
+@pytest.mark.parametrize("relay", ["track", "inspect"])
+def test_a_leg_sending_one_large_frame_slowly_is_alive(proxy, relay):
+    """Bytes of a frame still arriving show the leg alive too (inspect mode sees the frame
+    only once it is whole, so it must count the reads themselves)."""
+    async def main():
+        member = RawMember(answer_pings=False)
+        p = proxy(ka_conf(await member.start(), relay=relay, interval="200ms", timeout="500ms"))
+        client = RawClient()
+        await client.connect(p.port, "/large")
+        await member.connected.wait()
+        payload = os.urandom(200_000)
+        whole = frame(BINARY, payload, mask=False)
+        for i in range(0, len(whole), 10_000):  # 2 s for one frame: 4 x the pong timeout
+            member.send(whole[i:i + 10_000])
+            await asyncio.sleep(0.1)
+        got = await until(lambda: any(f[0] == BINARY for f in client.frames), 5)
+        alive = not client.ended.is_set()
+        client.abort()
+        await member.close()
+        return got, alive, [f[3] for f in client.frames if f[0] == BINARY], payload
+
+    got, alive, binaries, payload = run(main(), timeout=30)
+    assert got and alive and binaries == [payload]
+
+
 # ----------------------------------------------------------------------------- idle timeout
 
 

@@ -109,7 +109,7 @@ class Admin:
             writer.close()
 
     async def request(self, method: str, path: str, body: bytes | None = None):
-        head = f"{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n"
+        head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
         if body is not None:
             head += f"Content-Length: {len(body)}\r\n"
         status, headers, data = await self.raw(head.encode() + b"\r\n" + (body or b""), head_only=method == "HEAD")
@@ -219,12 +219,12 @@ def test_wrong_method_is_405_with_allow(method, path, allow):
 
 @pytest.mark.parametrize("raw, status", [
     (b"GARBAGE\r\n\r\n", 400),
-    (b"GET /api/pools HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", 400),
+    (b"GET /api/pools HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", 400),
     (b"GET /api/pools HTTP/1.1\r\n\r\n", 400),  # HTTP/1.1 without Host
-    (b"GET /api/pools HTTP/3.0\r\nHost: a\r\n\r\n", 400),
-    (b"GET /api/pools HTTP/1.1\nHost: a\n\n", 400),  # bare LF
-    (b"POST /api/pools/chat/rebalance HTTP/1.1\r\nHost: a\r\nContent-Length: 999999\r\n\r\n", 413),
-    (b"GET " + b"/x" * 5000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 414),
+    (b"GET /api/pools HTTP/3.0\r\nHost: localhost\r\n\r\n", 400),
+    (b"GET /api/pools HTTP/1.1\nHost: localhost\n\n", 400),  # bare LF
+    (b"POST /api/pools/chat/rebalance HTTP/1.1\r\nHost: localhost\r\nContent-Length: 999999\r\n\r\n", 413),
+    (b"GET " + b"/x" * 5000 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n", 414),
 ])
 def test_malformed_requests(raw, status):
     async def main():
@@ -240,11 +240,11 @@ def test_keep_alive_head_and_pipelining():
     async def main():
         async with Admin(FakeControl()) as admin:
             reader, writer = await asyncio.open_connection("127.0.0.1", admin.port)
-            writer.write(b"GET /api/status HTTP/1.1\r\nHost: a\r\n\r\n"
-                         b"HEAD /api/pools HTTP/1.1\r\nHost: a\r\n\r\n")
+            writer.write(b"GET /api/status HTTP/1.1\r\nHost: localhost\r\n\r\n"
+                         b"HEAD /api/pools HTTP/1.1\r\nHost: localhost\r\n\r\n")
             first = await _read_response(reader)
             second = await _read_response(reader, head_only=True)
-            writer.write(b"GET /api/pools/chat HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            writer.write(b"GET /api/pools/chat HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             third = await _read_response(reader)
             rest = await reader.read()
             writer.close()
@@ -295,7 +295,7 @@ def test_slow_or_idle_clients_are_closed(monkeypatch):
     async def main():
         async with Admin(FakeControl()) as admin:
             reader, writer = await asyncio.open_connection("127.0.0.1", admin.port)
-            writer.write(b"GET /api/pools HTTP/1.1\r\nHost: a\r\n")  # never finished
+            writer.write(b"GET /api/pools HTTP/1.1\r\nHost: localhost\r\n")  # never finished
             status, _, _ = await asyncio.wait_for(_read_response(reader), 5)
             writer.close()
             reader, writer = await asyncio.open_connection("127.0.0.1", admin.port)
@@ -385,3 +385,29 @@ def test_ctl_unreachable_admin():
     assert "cannot reach the admin API" in result.output
     with pytest.raises(AdminError, match="cannot reach"):
         AdminClient(f"127.0.0.1:{closed_port()}", timeout=2).call("GET", "/api/pools")
+
+
+@pytest.mark.parametrize("raw, status", [
+    # a page elsewhere POSTing to the loopback admin (CSRF): refused, nothing drained
+    (b"POST /api/pools/chat/members/127.0.0.1:9001/drain HTTP/1.1\r\nHost: 127.0.0.1:9901\r\n"
+     b"Origin: https://evil.example\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+     b"Content-Length: 0\r\n\r\n", 403),
+    # DNS rebinding: the attacker's name pointing at 127.0.0.1
+    (b"GET /api/pools HTTP/1.1\r\nHost: evil.example:9901\r\n\r\n", 403),
+    (b"POST /api/pools/chat/rebalance HTTP/1.1\r\nHost: evil.example\r\nContent-Length: 0\r\n\r\n", 403),
+    # the stats page itself (same origin), and tools that send no Origin
+    (b"POST /api/pools/chat/rebalance HTTP/1.1\r\nHost: 127.0.0.1:9901\r\n"
+     b"Origin: http://127.0.0.1:9901\r\nContent-Length: 0\r\n\r\n", 200),
+    (b"POST /api/pools/chat/rebalance HTTP/1.1\r\nHost: localhost:9901\r\nContent-Length: 0\r\n\r\n", 200),
+])
+def test_requests_a_web_page_could_forge_are_refused(raw, status):
+    async def main():
+        control = FakeControl()
+        async with Admin(control) as admin:
+            got, _, body = await admin.raw(raw)
+        return got, body, control
+
+    got, body, control = run(main())
+    assert got == status, body
+    if status == 403:
+        assert not [c for c in control.calls if c[0] in ("drain", "rebalance")]

@@ -296,3 +296,67 @@ def test_status_has_the_config_md_shape() -> None:
     assert [(m["addr"], m["state"], m["conns"], m["weight"]) for m in members] == [
         ("127.0.0.1:9001", "up", 1, 1), ("127.0.0.1:9002", "up", 0, 1)]
     assert status["generation"] == 1
+
+
+def test_clients_that_come_back_late_do_not_make_the_planner_overshoot() -> None:
+    cfg = config('{"threshold": 0.1, "rate": 50, "max_fraction": 1.0}')
+    table, clock, control, world, (a, b) = setup(cfg)
+    for _ in range(200):
+        world.open(a)
+    pending: list[float] = []
+
+    def late(relay):  # the client reconnects 2 s after its Close 1012
+        world.closes.append(relay)
+        table.row = world.row
+        table.add_conns(relay.col, -1)
+        world.live.discard(relay.col, relay)
+        relay.done.value = True
+        pending.append(clock.now + 2.0)
+
+    world.closed = late
+    for _ in range(150):
+        clock.now += 0.1
+        while pending and pending[0] <= clock.now:
+            pending.pop(0)
+            world.open(min((a, b), key=table.conns))
+        control.tick()
+        world.tick(clock.now)
+    assert len(world.closes) == 90, len(world.closes)  # the minimum, as with instant reconnects
+    assert (table.conns(a), table.conns(b)) == (110, 90)
+
+
+def test_a_shed_request_a_process_cannot_carry_out_is_settled() -> None:
+    cfg = config('{"threshold": 0.0, "rate": 100, "max_fraction": 1.0}')
+    table, clock, control, world, (a, b) = setup(cfg)
+    for _ in range(10):
+        world.open(a)
+    table.ask_shed(world.row, b, 3)  # b has no WebSocket in this process
+    world.tick(clock.now)
+    assert table.shed_wanted(b, world.row) == 0
+    run(control, world, clock, 1.0)
+    assert (table.conns(a), table.conns(b)) == (5, 5)  # the planner was not held up
+
+
+def test_http_connections_are_not_asked_to_shed() -> None:
+    cfg = config('{"threshold": 0.0, "rate": 100, "max_fraction": 1.0}')
+    table, clock, control, world, (a, b) = setup(cfg)
+    table.row = world.row
+    table.add_conns(a, 10)  # ten long polls: counted, but no WebSocket to close
+    table.row = 0
+    run(control, world, clock, 1.0)
+    assert world.closes == [] and table.shed_wanted(a, world.row) == 0
+
+
+def test_an_episode_that_spent_its_budget_ends_and_a_manual_rebalance_starts_another() -> None:
+    cfg = config('{"threshold": 0.1, "rate": 100, "max_fraction": 0.25}')
+    table, clock, control, world, (a, b) = setup(cfg)
+    for _ in range(200):
+        world.open(a)
+    run(control, world, clock, 2.0)
+    assert len(world.closes) == 50
+    assert control.status()["pools"]["chat"]["rebalance"] is None  # ended, not stuck
+    run(control, world, clock, 2.0)
+    assert len(world.closes) == 50  # settling: no automatic episode right away
+    assert control.rebalance("chat")["closes_planned"] > 0
+    run(control, world, clock, 2.0)
+    assert len(world.closes) > 50

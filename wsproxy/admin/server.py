@@ -21,6 +21,7 @@ from wsproxy.logs import event
 from wsproxy.protocol import http1
 
 MAX_BODY = 64 * 1024
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
 IDLE_TIMEOUT = 30.0
 REQUEST_TIMEOUT = 10.0
 
@@ -71,10 +72,16 @@ class AdminServer:
                 if request is None:
                     break
                 head, body = request
-                response = await self.api.handle(head.method, head.target, body)
+                refused = self._cross_site(head)
+                if refused is not None:
+                    event(logging.WARNING, "admin request refused", method=head.method, path=head.target,
+                          reason=refused)
+                    response = error(403, refused)
+                else:
+                    response = await self.api.handle(head.method, head.target, body)
                 keep = head.keep_alive and not head.is_upgrade and self.server is not None
                 writer.write(_encode(response, keep_alive=keep, head_only=head.method == "HEAD"))
-                await writer.drain()
+                await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT)  # a client that never reads goes
                 if not keep:
                     break
         except (_Closed, ConnectionError, TimeoutError):
@@ -84,6 +91,25 @@ class AdminServer:
         finally:
             self.writers.discard(writer)
             writer.close()
+
+    def _cross_site(self, head) -> str | None:
+        """Why a request that a web page could have made is refused, or None.
+
+        Binding to loopback keeps other hosts out, not the operator's own browser: any page
+        it visits may POST to 127.0.0.1:9901 (CSRF), or reach it under its own name by DNS
+        rebinding. So the Host must name this server (loopback names, or the bind address;
+        any host when bound to a wildcard address), and a POST carrying an Origin must come
+        from this same origin (the stats page does; `wsproxy ctl` and curl send none)."""
+        host = (head.get("host") or "").strip().lower()
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        wildcard = self.bind.host in ("0.0.0.0", "::", "")
+        if not wildcard and name not in _LOOPBACK_NAMES and name.strip("[]") != self.bind.host.lower():
+            return f"Host {host!r} does not name this admin server"
+        origin = head.get("origin")
+        if head.method == "POST" and origin is not None:
+            if origin.lower().split("://", 1)[-1].rstrip("/") != host:
+                return f"cross-site request from Origin {origin!r}"
+        return None
 
     async def _read_request(self, reader, parser, events: list):
         """The next (RequestHead, body), or None when the client closed between requests."""

@@ -31,6 +31,7 @@ from wsproxy.node.table import (ADMIN, CHECKS_FAILED, CHECKS_OK, DRAIN_SEQ, DRAI
                                 SHED_ORDER, SHED_RANDOM, UP_SINCE_MS, WEIGHT, NodeTable, now_ms)
 
 TICK = 0.1  # seconds between planner runs
+SETTLE = 5.0  # after an episode, seconds before an automatic one may start (reconnects land)
 MAX_WEIGHT = 1000
 
 
@@ -45,6 +46,7 @@ class _Episode:
 
     budget: int  # max_fraction of the pool's connections when it began
     moved: int = 0
+    total: int = 0  # the pool's connections when it began
     tokens: float = 0.0
     manual: bool = False
     started: float = 0.0
@@ -59,6 +61,7 @@ class ControlPlane:
         self.config = config
         self.health = None  # wsproxy.health.HealthService, made in start()
         self._episodes: dict[str, _Episode] = {}
+        self._quiet_until: dict[str, float] = {}  # pool -> no automatic episode before this (clock)
         self._last_tick = clock()
         self._handle = None
         self._health_seen: dict[int, int] = {}
@@ -135,10 +138,13 @@ class ControlPlane:
         table = self.table
         for (pool, addr), col in table.member_slots.items():
             changes = table.ctrl(col, HEALTH_CHANGES)
-            if changes != self._health_seen.get(col, 0):
+            seen = self._health_seen.get(col, 0)
+            if changes != seen:
                 self._health_seen[col] = changes
-                state = "down" if table.ctrl(col, HEALTH) == HEALTH_DOWN else "up"
-                self.metrics.health_change(pool, addr, state)
+                # Transitions alternate: counting back from the state now labels each one.
+                down = table.ctrl(col, HEALTH) == HEALTH_DOWN
+                for i in range(max(0, changes - seen)):
+                    self.metrics.health_change(pool, addr, "down" if down == (i % 2 == 0) else "up")
 
     # -- members -------------------------------------------------------------------------
     def _pool(self, name: str) -> PoolConfig:
@@ -224,7 +230,7 @@ class ControlPlane:
         episode = self._episodes.get(pool_name)
         if episode is None and needed:
             episode = self._episodes[pool_name] = _Episode(budget=_budget(total, policy), manual=True,
-                                                           started=self.clock())
+                                                           started=self.clock(), total=total)
         planned = min(needed, episode.budget - episode.moved) if episode is not None else 0
         event(logging.INFO, "rebalance requested", pool=pool_name, conns=total, closes_planned=planned)
         return {"pool": pool_name, "conns": total, "closes_planned": planned,
@@ -246,21 +252,27 @@ class ControlPlane:
 
     def _rebalance_step(self, pool: PoolConfig, policy: RebalanceConfig, elapsed: float, now: float) -> None:
         loads = self._loads(pool)
-        needed = _closes_needed(loads, policy.threshold)
         episode = self._episodes.get(pool.name)
-        if not needed:
+        # During an episode the fair shares are computed from the larger of the pool's
+        # connections now and when it began: a client closed with 1012 counts until it is
+        # back (clients may wait before reconnecting), so their absence is not read as a
+        # shrinking pool that needs still more closes.
+        total = max(sum(c for _, c, _ in loads), episode.total if episode is not None else 0)
+        needed = _closes_needed(loads, policy.threshold, total)
+        if not needed or (episode is not None and episode.moved >= episode.budget):
             if episode is not None:
                 del self._episodes[pool.name]
-                event(logging.INFO, "rebalance done", pool=pool.name, closes=episode.moved,
+                self._quiet_until[pool.name] = now + SETTLE
+                why = "done" if not needed else "stopped at max_fraction"
+                event(logging.INFO, "rebalance " + why, pool=pool.name, closes=episode.moved,
                       seconds=round(now - episode.started, 2))
             return
         if episode is None:
-            total = sum(c for _, c, _ in loads)
-            episode = self._episodes[pool.name] = _Episode(budget=_budget(total, policy), started=now)
+            if now < self._quiet_until.get(pool.name, 0.0):
+                return  # the last episode's clients may still be coming back
+            episode = self._episodes[pool.name] = _Episode(budget=_budget(total, policy), started=now, total=total)
             event(logging.INFO, "rebalance started", pool=pool.name, conns=total, closes_needed=needed,
                   budget=episode.budget)
-        if episode.moved >= episode.budget:
-            return  # max_fraction reached: the episode waits here until the pool is within threshold
         # A token bucket holding at most two ticks' worth (or one close), so a late tick
         # does not lose its share and a stall does not turn into a burst.
         episode.tokens = min(episode.tokens + policy.rate * elapsed, max(1.0, 2 * policy.rate * TICK))
@@ -269,11 +281,12 @@ class ControlPlane:
         if any(table.shed_wanted(col, row) > 0 for col, _, _ in loads for row in rows):
             return  # the last tick's sheds are not carried out yet: their counts would mislead
         while episode.tokens >= 1.0 - 1e-9 and episode.moved < episode.budget:
-            col = _most_over(loads, policy.threshold)
+            col = _most_over(loads, policy.threshold, total)
             if col is None:
                 break
-            row = max(rows, key=lambda r: table.own_conns(col, r) - table.shed_wanted(col, r))
-            if table.own_conns(col, row) - table.shed_wanted(col, row) <= 0:
+            # The process holding the most of its WebSockets (only those can be shed).
+            row = max(rows, key=lambda r: table.own_ws(col, r) - table.shed_wanted(col, r))
+            if table.own_ws(col, row) - table.shed_wanted(col, row) <= 0:
                 break
             table.ask_shed(row, col, 1)
             table.add_ctrl(col, REBALANCE_CLOSES)
@@ -327,29 +340,30 @@ def _budget(total: int, policy: RebalanceConfig) -> int:
     return max(1, math.floor(total * policy.max_fraction)) if policy.max_fraction > 0 else 0
 
 
-def _fair(loads: list[tuple[int, int, float]]) -> list[float]:
-    total = sum(c for _, c, _ in loads)
+def _fair(loads: list[tuple[int, int, float]], total: int | None = None) -> list[float]:
+    if total is None:
+        total = sum(c for _, c, _ in loads)
     weights = sum(w for _, _, w in loads)
     return [total * w / weights for _, _, w in loads] if weights else [0.0] * len(loads)
 
 
-def _closes_needed(loads: list[tuple[int, int, float]], threshold: float) -> int:
+def _closes_needed(loads: list[tuple[int, int, float]], threshold: float, total: int | None = None) -> int:
     """Closes that bring every member within (1 + threshold) x its fair share, assuming each
     closed connection comes back to a member under its share (what least_conn does)."""
     if len(loads) < 2:
         return 0
     needed = 0
-    for (_, conns, _), fair in zip(loads, _fair(loads)):
+    for (_, conns, _), fair in zip(loads, _fair(loads, total)):
         limit = math.floor(fair * (1.0 + threshold))
         if conns > limit and conns - fair >= 1:
             needed += conns - max(limit, math.ceil(fair))
     return needed
 
 
-def _most_over(loads: list[tuple[int, int, float]], threshold: float) -> int | None:
+def _most_over(loads: list[tuple[int, int, float]], threshold: float, total: int | None = None) -> int | None:
     """The column of the member furthest above its share beyond the threshold, or None."""
     best, best_ratio = None, 0.0
-    for (col, conns, _), fair in zip(loads, _fair(loads)):
+    for (col, conns, _), fair in zip(loads, _fair(loads, total)):
         limit = math.floor(fair * (1.0 + threshold))
         if conns > limit and conns - fair >= 1:
             ratio = conns / fair if fair > 0 else math.inf

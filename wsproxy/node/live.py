@@ -51,6 +51,7 @@ class LiveConnections:
             relays = self.by_col[col] = {}
             self._drain_seen.setdefault(col, self.table.ctrl(col, DRAIN_SEQ))
         relays[relay] = None
+        self.table.add_ws(col, 1)
         if self.table.ctrl(col, ADMIN) == DRAINING:
             # Picked just before the drain began: it goes at the next tick, like the others did.
             self._tie += 1
@@ -58,8 +59,8 @@ class LiveConnections:
 
     def discard(self, col: int, relay) -> None:
         relays = self.by_col.get(col)
-        if relays is not None:
-            relays.pop(relay, None)
+        if relays is not None and relays.pop(relay, 0) is None:
+            self.table.add_ws(col, -1)
             if not relays:
                 del self.by_col[col]
 
@@ -77,6 +78,10 @@ class LiveConnections:
                 self._drain_seen[col] = seq
                 if table.ctrl(col, ADMIN) == DRAINING:
                     self._schedule_drain(col, now, table.ctrl(col, DRAIN_SPREAD_MS) / 1000.0)
+        # Shed requests are answered for every member this process knows, with WebSockets
+        # here or not: one it cannot carry out (its last WebSocket closed meanwhile) is
+        # settled at once, so the planner never waits on it.
+        for col in range(len(table.member_slots)):
             if table.shed_wanted(col) > 0:
                 self._shed(col)
         self._run_due(now)

@@ -278,7 +278,14 @@ class Master:
         """Fork every worker of ``spec``. Their table rows are claimed first, so each worker
         sums its siblings' counts from its first connection (a worker learns of rows claimed
         later at its next tick, within 100 ms)."""
-        rows = [self.table.claim_row(0, spec.number) for _ in range(spec.count)]
+        rows: list[int] = []
+        try:
+            for _ in range(spec.count):
+                rows.append(self.table.claim_row(0, spec.number))
+        except RuntimeError:  # the table is full: give back what this call took
+            for row in rows:
+                self.table.retire_row(row)
+            raise
         now = time.monotonic()
         self.claimed.update((row, now) for row in rows)
         workers = []
@@ -469,7 +476,20 @@ class Master:
         except ConfigErrors as exc:
             log_rejected(exc, old.number)
             return False
+        except RuntimeError as exc:  # the node table has no column left for a new member
+            event(logging.ERROR, "reload rejected: %s; generation %d keeps running (restart to start "
+                  "afresh)" % (exc, old.number), source=path)
+            return False
         count = worker_count(config.server)
+        alive = len(self.table.live_rows())
+        if alive + count > self.table.rows - 1:
+            # Every generation keeps its processes until its drain ends: too many reloads
+            # within drain_timeout would need more rows than the table has.
+            event(logging.ERROR, "reload rejected: %d worker processes are alive (draining generations "
+                  "included) and %d more would exceed the node's %d; wait for old generations to drain "
+                  "or lower server.drain_timeout; generation %d keeps running"
+                  % (alive, count, self.table.rows - 1, old.number), source=path)
+            return False
         added: dict = {}
         try:
             for lc in config.listeners.values():
@@ -494,8 +514,8 @@ class Master:
         try:
             fresh = self._spawn_all(spec)
             ok = await self._wait_ready(fresh)
-        except OSError as exc:
-            event(logging.ERROR, "cannot fork a worker", error=str(exc))
+        except (OSError, RuntimeError) as exc:
+            event(logging.ERROR, "cannot start a worker", error=str(exc))
             ok = False
         if not ok:
             event(logging.ERROR, "reload failed: the new workers did not start; generation %d keeps running"
@@ -509,8 +529,10 @@ class Master:
             self.control.apply(old.config)
             self.control.generation = old.number
             self._apply_logging(old.config.server)
-            self._close_sockets(old.binds | {b for s in self.specs.values() if s.pids for b in s.binds},
-                                max(s.count for s in self.specs.values()))
+            # The master's copies of what only the failed generation needed (new binds, extra
+            # slots) close now: nobody would accept on them. Its workers hold their own.
+            survivors = [s for s in self.specs.values() if s is not spec and (s is old or s.pids)]
+            self._close_sockets({b for s in survivors for b in s.binds}, max(s.count for s in survivors))
             if not spec.pids:
                 self.specs.pop(spec.number, None)
             return False

@@ -15,6 +15,7 @@ half done):
     conns           MAX_ROWS x MAX_MEMBERS      row r written only by process r
     shed_req        MAX_ROWS x MAX_MEMBERS      written by the control plane: "row r, close n"
     shed_done       MAX_ROWS x MAX_MEMBERS      written by process r: how many it closed
+    websockets      MAX_ROWS x MAX_MEMBERS      row r written only by process r: its open WebSockets
     counters        MAX_ROWS x MAX_COUNTERS     row r written only by process r (metrics)
     proc            MAX_ROWS x PROC_FIELDS      pid and generation of the row's process
 
@@ -80,7 +81,8 @@ class NodeTable:
         self._conns = self._ctrl + members * CTRL_FIELDS
         self._shed_req = self._conns + rows * members
         self._shed_done = self._shed_req + rows * members
-        self._counters = self._shed_done + rows * members
+        self._ws = self._shed_done + rows * members
+        self._counters = self._ws + rows * members
         self._proc = self._counters + rows * counters
         cells = self._proc + rows * PROC_FIELDS
         # Anonymous and MAP_SHARED: children made by fork() see the same pages; no file, no name.
@@ -149,6 +151,15 @@ class NodeTable:
         value = self.cells[i] + delta
         self.cells[i] = value if value > 0 else 0
 
+    # -- WebSockets (what a shed can close; conns also counts HTTP requests and tcp) ---------
+    def add_ws(self, col: int, delta: int) -> None:
+        i = self._ws + self.row * self.members + col
+        value = self.cells[i] + delta
+        self.cells[i] = value if value > 0 else 0
+
+    def own_ws(self, col: int, row: int | None = None) -> int:
+        return self.cells[self._ws + (self.row if row is None else row) * self.members + col]
+
     # -- shedding: the control plane asks row r to close n of member c's connections --------
     def shed_wanted(self, col: int, row: int | None = None) -> int:
         r = self.row if row is None else row
@@ -213,8 +224,10 @@ class NodeTable:
             return
         cells = self.cells
         conns = self._conns + row * self.members
+        ws = self._ws + row * self.members
         for col in range(self.members):
             cells[conns + col] = 0
+            cells[ws + col] = 0
             i = row * self.members + col
             cells[self._shed_done + i] = cells[self._shed_req + i]
         base, keep = self._counters + row * self.counters, self._counters

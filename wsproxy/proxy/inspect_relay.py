@@ -31,6 +31,7 @@ from wsproxy.logs import event
 from wsproxy.protocol.frames import OP_CLOSE, OP_PONG, parse_close_payload
 from wsproxy.scripting.events import OPCODES
 from wsproxy.proxy import keepalive
+from wsproxy.protocol.relay_core import LEG_CLIENT, LEG_MEMBER
 from wsproxy.proxy.relay import CLIENT, MEMBER, PROXY, WsRelay
 
 __all__ = ["InspectRelay"]
@@ -98,6 +99,10 @@ class InspectRelay(WsRelay):
             if self.u2c_broken:
                 return
         self.activity = True
+        if self.ka is not None:
+            # Any bytes from a leg say it is alive (keepalive.py), also those of a frame still
+            # arriving, which the track core behind us sees only once the frame is whole.
+            self.ka.heard |= LEG_CLIENT if ep is self.client else LEG_MEMBER
         try:
             frames = direction.reader.feed(data)
         except FrameError as exc:
