@@ -407,3 +407,62 @@ def test_passive_ejection_on_503_answers_to_upgrades(members, proxy):
     assert ejected["member"] == f"{HOST}:{bad_port}" and ejected["reason"] == "answered 503 to an upgrade"
     assert ejected["for_s"] == 30.0
     assert json.dumps(ejected)  # one JSON line, as every log line
+
+
+def test_slow_start_ramps_a_member_that_comes_back(members, proxy, tmp_path):
+    """A member back up after its checks failed takes a ramped share of new WebSockets,
+    shows as slow_start in the admin API, then up once slow_start has passed."""
+    import urllib.request
+
+    from websockets.asyncio.client import connect
+
+    from .support import start_member, wait_until
+
+    a = members.ws("a")
+    b_port = free_port()
+    b_addr = f"{HOST}:{b_port}"
+    b = start_member("ws_echo.py", "b", tmp_path, extra_args=("--port", str(b_port)))
+    admin_port = free_port()
+    p = proxy(site_conf({"chat": {
+        "balance": "least_conn", "members": [a.addr, b_addr], "slow_start": "4s",
+        "health": {"type": "tcp", "interval": "100ms", "timeout": "100ms", "rise": 1, "fall": 1},
+    }}, server={"admin": f"{HOST}:{admin_port}"}))
+
+    def state(addr: str) -> str:
+        with urllib.request.urlopen(f"http://{HOST}:{admin_port}/api/pools", timeout=5) as resp:
+            pools = json.loads(resp.read())["pools"]
+        return next(m["state"] for m in pools["chat"]["members"] if m["addr"] == addr)
+
+    assert wait_until(lambda: state(b_addr) == "up", 10)
+    b.kill()
+    assert wait_until(lambda: state(b_addr) == "down", 10)
+
+    async def main():
+        nonlocal b
+        held = []
+        for _ in range(20):  # all on a while b is down
+            held.append(await connect(f"{p.ws_url}/whoami", ping_interval=None))
+        b = start_member("ws_echo.py", "b", tmp_path, extra_args=("--port", str(b_port)))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while state(b_addr) != "slow_start" and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        assert state(b_addr) == "slow_start"
+        names = []
+        for _ in range(20):  # without slow start least_conn would send all 20 to b
+            ws = await connect(f"{p.ws_url}/whoami", ping_interval=None)
+            held.append(ws)
+            names.append(await ws.recv())
+        await asyncio.sleep(4.2)
+        after = state(b_addr)
+        for ws in held:
+            await ws.close()
+        return names, after
+
+    try:
+        names, after = run(main(), timeout=40)
+    finally:
+        b.kill()
+    assert names.count("b") <= 6, names  # ramped from 1/16 of its weight
+    assert names.count("b") >= 1  # but not left out
+    assert after == "up"

@@ -218,13 +218,13 @@ def test_slow_start_ramps_weight_and_max_conns_after_an_active_check_up():
     seen = []
     for elapsed in (0.0, 0.5, 2.5, 5.0, 9.99, 10.0, 50.0):
         clock.now = 1000.0 + elapsed
-        seen.append((elapsed, a.state, a.weight, a.max_conns))
+        seen.append((elapsed, a.state, round(a.weight, 6), a.max_conns))
     assert seen == [
-        (0.0, "slow_start", 1, 1),  # at least 1 of each from the first moment
-        (0.5, "slow_start", 1, 5),
-        (2.5, "slow_start", 3, 25),  # weight rounded up, max_conns down (HAProxy)
+        (0.0, "slow_start", 0.625, 1),  # 1/16 of the weight and 1 connection from the first moment
+        (0.5, "slow_start", 0.625, 5),
+        (2.5, "slow_start", 2.5, 25),  # weight fractional (a weight-1 member ramps too), max_conns down
         (5.0, "slow_start", 5, 50),
-        (9.99, "slow_start", 10, 99),
+        (9.99, "slow_start", 9.99, 99),
         (10.0, "up", 10, 100),
         (50.0, "up", 10, 100),
     ]
@@ -243,8 +243,13 @@ def test_slow_start_limits_the_rejoined_member_in_picks():
         member = pool.pick()
         pool.acquire(member)
         held.append(member)
-    # least_conn sends everything to the empty member, but only up to its ramped limit.
-    assert Counter(held) == {a: 10, b: 2}
+    # least_conn weighs a at a quarter: it takes picks while active/0.25 < 30, i.e. 8, then
+    # shares with b (a's ramped max_conns, 10, is not reached).
+    assert a.weight == 0.25
+    assert Counter(held) == {a: 9, b: 3}
+    while a.active < a.max_conns:  # a's ramped limit: 10 at a quarter of 40
+        pool.acquire(a)
+    assert a.max_conns == 10
     assert pool.why_unavailable(avoid=(b,)) == "1 full, 1 already tried"
 
 
@@ -256,7 +261,7 @@ def test_passive_recovery_starts_a_slow_start_in_this_process():
     clock.now = 1.0
     pool.pick()
     assert pool.connect_ok(a) is True
-    assert (a.state, a.weight, a.max_conns) == ("slow_start", 1, 1)
+    assert (a.state, a.weight, a.max_conns) == ("slow_start", 0.25, 1)
     clock.now = 3.0
     assert (a.state, a.weight, a.max_conns) == ("slow_start", 2, 4)
     clock.now = 5.0
@@ -283,7 +288,7 @@ def test_hash_table_ignores_the_ramp_so_it_is_not_rebuilt_on_every_step():
     pool.table.set_ctrl(a.col, UP_SINCE_MS, int(clock.now * 1000))
     for step in range(10):
         clock.now = 1000.0 + step
-        assert a.table_weight == 5 and a.weight == max(1, step // 2 + step % 2)
+        assert a.table_weight == 5 and a.weight == pytest.approx(5 * max(step / 10, 1 / 16))
         pool.pick(key=b"user-%d" % step)
     assert pool.balancer.rebuilds == before
     pool.table.set_ctrl(a.col, WEIGHT, 2)  # the operator's weight does rebuild it

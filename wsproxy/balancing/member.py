@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from wsproxy.config.schema import Address, MemberConfig
 
 # member.state values (the admin API's words, CONFIG.md)
+RAMP_FLOOR = 1 / 16  # the least share of its weight a member in slow start gets (HAProxy's 1/BE_WEIGHT_SCALE)
 UP = "up"
 DOWN = "down"
 DRAINING = "draining"
@@ -137,16 +138,20 @@ class Member:
         return self.table.own_conns(self.col)
 
     @property
-    def weight(self) -> int:
-        """The operator's weight when set, else the config's; ramped during slow start."""
+    def weight(self) -> float:
+        """The operator's weight when set, else the config's; ramped during slow start.
+
+        The ramp is fractional (a float while it lasts): rounded to integers, a weight-1
+        member, the common case, would stay at 1 and never ramp. HAProxy gets the same
+        resolution by scaling every weight by 16 (BE_WEIGHT_SCALE). Never below 1/16 of the
+        weight, so a member coming back is not left out entirely."""
         weight = self._cells[self._weight_cell]
         if weight < 0:
             weight = self._weight
         if self.slow_start > 0.0 and weight > 0 and (self.back_at or self._cells[self._up_since]):
             ramp = self.ramp()
             if ramp < 1.0:
-                # HAProxy's server_recalc_eweight: rounded up, so never 0 while ramping.
-                return max(1, math.ceil(weight * ramp))
+                return weight * max(ramp, RAMP_FLOOR)
         return weight
 
     @weight.setter
