@@ -184,6 +184,35 @@ def read_config(path: str, shared: SharedStore, table: NodeTable, secret: str):
     return config, prepare(config, shared, table)
 
 
+def read_reload(path: str, shared: SharedStore, table: NodeTable, secret: str, running: int):
+    """``read_config`` for a SIGHUP: (config, chains), or None with the reason logged (the
+    running generation ``running`` stays)."""
+    try:
+        return read_config(path, shared, table, secret)
+    except ConfigErrors as exc:
+        log_rejected(exc, running)
+    except RuntimeError as exc:  # the node table has no column left for a new member
+        event(logging.ERROR, "reload rejected: %s; generation %d keeps running (restart to start "
+              "afresh)" % (exc, running), source=path)
+    return None
+
+
+async def coalesced_reloads(owner) -> None:
+    """Run ``owner.reload()`` until no SIGHUP arrived meanwhile (``owner._reload_again``):
+    SIGHUPs during a reload coalesce into one more. A failure is logged, never raised."""
+    while True:
+        owner._reload_again = False
+        try:
+            await owner.reload()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logging.getLogger("wsproxy").exception("reload failed; generation %d keeps running",
+                                                   owner.current.number)
+        if not owner._reload_again or owner.stopping:
+            return
+
+
 def config_changes(old, new) -> dict:
     """What a reload changes, for its log line: names of listeners and pools added, removed
     or changed, and whether the plugins or server settings did."""
@@ -419,18 +448,8 @@ class App:
         if self._tick_handle is None or (self._reloading is not None and not self._reloading.done()):
             self._reload_again = True  # still starting, or reloading: once more when done
             return
-        self._reloading = self.loop.create_task(self._reload_loop())
+        self._reloading = self.loop.create_task(coalesced_reloads(self))
 
-    async def _reload_loop(self) -> None:
-        while True:
-            self._reload_again = False
-            try:
-                await self.reload()
-            except Exception:
-                logging.getLogger("wsproxy").exception("reload failed; generation %d keeps running",
-                                                       self.current.number)
-            if not self._reload_again or self.stopping:
-                return
 
     async def reload(self, path: str | None = None) -> bool:
         """Read ``path`` (default: the running config's file) and switch to it; False (and
@@ -441,15 +460,10 @@ class App:
             event(logging.WARNING, "reload ignored: the running config was not read from a file", source=path)
             return False
         event(logging.INFO, "reloading", source=path, generation=old.number)
-        try:
-            config, chains = read_config(path, self.shared, self.table, self.secret)
-        except ConfigErrors as exc:
-            log_rejected(exc, old.number)
+        read = read_reload(path, self.shared, self.table, self.secret, old.number)
+        if read is None:
             return False
-        except RuntimeError as exc:  # the node table has no column left for a new member
-            event(logging.ERROR, "reload rejected: %s; generation %d keeps running (restart to start "
-                  "afresh)" % (exc, old.number), source=path)
-            return False
+        config, chains = read
         if worker_count(config.server) != 1:
             event(logging.WARNING, "server.workers changed: a single-process wsproxy cannot start workers "
                   "on a reload; restart it to apply", workers=config.server.workers)

@@ -61,10 +61,9 @@ import sys
 import time
 
 from wsproxy import __version__, _speedups
-from wsproxy.app import (BACKLOG, CUT_LINGER, TICK, App, apply_logging, config_changes, log_rejected, make_admin,
-                         make_control, make_live, make_metrics, prepare, read_config, restart_admin, run_loop,
-                         with_node_secret, worker_count)
-from wsproxy.errors import ConfigErrors
+from wsproxy.app import (BACKLOG, CUT_LINGER, TICK, App, apply_logging, coalesced_reloads, config_changes,
+                         make_admin, make_control, make_live, make_metrics, prepare, read_reload,
+                         restart_admin, run_loop, with_node_secret, worker_count)
 from wsproxy.logs import event
 from wsproxy.node.table import NodeTable
 from wsproxy.scripting import SharedStore
@@ -452,34 +451,17 @@ class Master:
         if self._reloading is not None and not self._reloading.done():
             self._reload_again = True
             return
-        self._reloading = self.loop.create_task(self._reload_loop())
+        self._reloading = self.loop.create_task(coalesced_reloads(self))
 
-    async def _reload_loop(self) -> None:
-        while True:
-            self._reload_again = False
-            try:
-                await self.reload()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logging.getLogger("wsproxy").exception("reload failed; generation %d keeps running",
-                                                       self.current.number)
-            if not self._reload_again or self.stopping:
-                return
 
     async def reload(self) -> bool:
         old = self.current
         path = old.config.source
         event(logging.INFO, "reloading", source=path, generation=old.number)
-        try:
-            config, chains = read_config(path, self.shared, self.table, self.secret)
-        except ConfigErrors as exc:
-            log_rejected(exc, old.number)
+        read = read_reload(path, self.shared, self.table, self.secret, old.number)
+        if read is None:
             return False
-        except RuntimeError as exc:  # the node table has no column left for a new member
-            event(logging.ERROR, "reload rejected: %s; generation %d keeps running (restart to start "
-                  "afresh)" % (exc, old.number), source=path)
-            return False
+        config, chains = read
         count = worker_count(config.server)
         alive = len(self.table.live_rows())
         if alive + count > self.table.rows - 1:
