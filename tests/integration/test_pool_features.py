@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 
-from .support import (HOST, connect, raw_request, raw_ws_connect, read_response, site_conf,
+from .support import (HOST, connect, free_port, raw_request, raw_ws_connect, read_response, site_conf,
                       wait_until, ws_handshake_request, ws_key)
 
 COOKIE = "WSPROXY_SRV"
@@ -265,8 +265,10 @@ def test_queue_is_fifo_and_serves_as_soon_as_a_slot_frees(members, proxy):
 
 def test_queue_overflow_and_timeout_get_503_with_retry_after(members, proxy):
     a = members.http("a")
+    admin = free_port()
     p = proxy(site_conf({"app": {"members": [{"addr": a.addr, "max_conns": 1}],
-                                 "queue": {"size": 1, "timeout": "1s"}}}))
+                                 "queue": {"size": 1, "timeout": "1s"}}},
+                        server={"admin": f"{HOST}:{admin}"}))
     holder = _hold(p.port, 3.0)
     time.sleep(0.3)
     waiting: list = []
@@ -284,6 +286,17 @@ def test_queue_overflow_and_timeout_get_503_with_retry_after(members, proxy):
     assert 0.9 <= at - t0 < 3.0  # after the queue timeout, before the slot freed
     holder.join(10)
     assert request(p.port).status == 200
+    # The pool's counters, node-wide, in the admin API and /metrics.
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{HOST}:{admin}/api/pools", timeout=5) as resp:
+        app = json.loads(resp.read())["pools"]["app"]
+    assert (app["queued_total"], app["queue_rejects"], app["hash_fallbacks"]) == (1, 2, 0)
+    with urllib.request.urlopen(f"http://{HOST}:{admin}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    assert 'wsproxy_pool_queue_rejects_total{pool="app"} 2' in text
+    assert 'wsproxy_pool_queued_total{pool="app"} 1' in text
 
 
 def test_no_queue_means_503_at_once(members, proxy):

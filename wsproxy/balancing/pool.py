@@ -51,7 +51,7 @@ from wsproxy.balancing.member import Member
 from wsproxy.balancing.sticky import StickyCookie
 from wsproxy.config.schema import PoolConfig as _PoolConfig, defaults
 from wsproxy.errors import ConfigError
-from wsproxy.node.table import ADMIN, ENABLED, GAUGE, HEALTH, HEALTH_UP, NodeTable
+from wsproxy.node.table import ADMIN, COUNTER, ENABLED, GAUGE, HEALTH, HEALTH_UP, NodeTable
 
 if TYPE_CHECKING:
     from wsproxy.config.schema import PoolConfig
@@ -86,7 +86,17 @@ def register(table: NodeTable, config: PoolConfig) -> list[tuple[int, int]]:
         addr = str(member.addr)
         slots.append((table.member_slot(config.name, addr),
                       table.counter_slot((EJECTED_GAUGE, config.name, addr), GAUGE)))
+    for family in POOL_COUNTERS:
+        table.counter_slot((family, config.name), COUNTER)
     return slots
+
+
+# The pool's own counters, node-wide in the table (keys as node/metrics.py names its series:
+# rendered there as wsproxy_pool_*_total{pool}, and in /api/pools).
+POOL_QUEUED = "wsproxy_pool_queued_total"  # requests that waited in the queue
+POOL_QUEUE_REJECTS = "wsproxy_pool_queue_rejects_total"  # 503s: queue full or wait timed out
+POOL_HASH_FALLBACKS = "wsproxy_pool_hash_fallbacks_total"  # balance = hash: picks without a key
+POOL_COUNTERS = (POOL_QUEUED, POOL_QUEUE_REJECTS, POOL_HASH_FALLBACKS)
 
 
 class Pool:
@@ -100,7 +110,7 @@ class Pool:
         self.clock = clock
         if table is None:
             size = max(1, len(config.members))
-            table = NodeTable(rows=1, members=size, counters=size)
+            table = NodeTable(rows=1, members=size, counters=size + len(POOL_COUNTERS))
         self.table = table
         # Options read once (tests may pass a config stand-in without the newer fields).
         self.fail_threshold: int = config.fail_threshold
@@ -133,8 +143,11 @@ class Pool:
             StickyCookie(config.name, config.persist, self.members) if config.persist is not None else None
         )
         self.waiting: deque[_Waiter] = deque()
-        self.queued_total = 0  # requests that had to wait for a slot
-        self.queue_rejects = 0  # 503s: the queue was full, or a wait timed out
+        self.queued_total = 0  # requests that had to wait for a slot (this process)
+        self.queue_rejects = 0  # 503s: the queue was full, or a wait timed out (this process)
+        slots = self.table.counter_slots
+        self._queued_col, self._rejects_col, self._fallbacks_col = (
+            slots[(family, config.name)] for family in POOL_COUNTERS)
         # Optional hooks, looked up once rather than on every acquire/release.
         balancers = (self.balancer, self.fallback)
         self._on_take = _chain(getattr(b, "on_take", None) for b in balancers)
@@ -182,6 +195,7 @@ class Pool:
         else:
             assert self.fallback is not None
             self.hash_fallbacks += 1
+            self.table.add(self._fallbacks_col)
             member = self.fallback.pick(candidates)
         if member.ejected:
             self._trial(member, now)
@@ -313,7 +327,13 @@ class Pool:
         waiter = _Waiter(deliver, tuple(avoid))
         self.waiting.append(waiter)
         self.queued_total += 1
+        self.table.add(self._queued_col)
         return waiter
+
+    def queue_rejected(self) -> None:
+        """A request got 503 from the queue (full, or its wait timed out)."""
+        self.queue_rejects += 1
+        self.table.add(self._rejects_col)
 
     def dequeue(self, waiter: _Waiter) -> None:
         """The waiter is done (served, timed out or gone); removing twice is harmless."""

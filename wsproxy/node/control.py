@@ -326,9 +326,16 @@ class ControlPlane:
                     entry["check"] = detail
                 members.append(entry)
             episode = self._episodes.get(pool.name)
+            counters = {}
+            for name, family in (("queued_total", "wsproxy_pool_queued_total"),
+                                 ("queue_rejects", "wsproxy_pool_queue_rejects_total"),
+                                 ("hash_fallbacks", "wsproxy_pool_hash_fallbacks_total")):
+                col = table.counter_slots.get((family, pool.name))
+                counters[name] = table.total(col) if col is not None else 0
             pools[pool.name] = {
                 "balance": pool.balance,
                 "members": members,
+                **counters,
                 "health_check": pool.health.type if pool.health is not None else None,
                 "rebalance": None if episode is None else {
                     "moved": episode.moved, "budget": episode.budget, "manual": episode.manual},

@@ -106,6 +106,12 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "wsproxy_member_lost_unanswered_bytes_total": (
         "counter", "Client bytes forwarded to a member after its last data, when that member was lost "
                    "mid-stream.", ("pool", "member")),
+    "wsproxy_pool_queued_total": (
+        "counter", "Requests that waited in the pool's queue for a member slot.", ("pool",)),
+    "wsproxy_pool_queue_rejects_total": (
+        "counter", "Requests answered 503 by the pool's queue (full, or the wait timed out).", ("pool",)),
+    "wsproxy_pool_hash_fallbacks_total": (
+        "counter", "balance = hash: picks made by hash_fallback because the request had no key.", ("pool",)),
     "wsproxy_plugin_errors_total": (
         "counter", "Plugin handler failures (errors, invalid verdicts, limits), per [[plugins]] entry.",
         ("plugin", "path")),
@@ -199,6 +205,9 @@ class Metrics:
         for pool in config.pools.values():
             for member in pool.members:
                 self._register_member(pool.name, str(member.addr), u2)
+            for family in ("wsproxy_pool_queued_total", "wsproxy_pool_queue_rejects_total",
+                           "wsproxy_pool_hash_fallbacks_total"):
+                self._slot(family, (pool.name,), u1)  # counted by balancing/pool.py, same slots
         for plugin in config.plugins:
             self._plugins[plugin.index] = self._slot("wsproxy_plugin_errors_total",
                                                      (str(plugin.index), plugin.path), u2)
@@ -210,6 +219,9 @@ class Metrics:
         self._register_listener(UNKNOWN, u1)
         self._unknown_member = self._register_member(UNKNOWN, UNKNOWN, u2)
         self._plugin_unknown = self._slot("wsproxy_plugin_errors_total", u2)
+        for family in ("wsproxy_pool_queued_total", "wsproxy_pool_queue_rejects_total",
+                       "wsproxy_pool_hash_fallbacks_total"):
+            self._slot(family, u1)
         for closer in (*CLOSERS, None):
             for code in (*CLOSE_CODES, "other", None):
                 label = (str(code) if code is not None else "none", closer or UNKNOWN)

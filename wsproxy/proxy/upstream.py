@@ -175,7 +175,7 @@ async def _wait_for_slot(pool, avoid, on_queued):
     """Wait in the pool's FIFO queue until ``release`` hands us an acquired member."""
     cfg = pool.config.queue
     if pool.queue_full:
-        pool.queue_rejects += 1
+        pool.queue_rejected()
         raise UpstreamError(503, "the queue of pool %s is full (%d waiting)" % (pool.name, len(pool.waiting)),
                             retry_after=pool.retry_after(avoid))
     granted = asyncio.get_running_loop().create_future()
@@ -196,7 +196,7 @@ async def _wait_for_slot(pool, avoid, on_queued):
         taken = True
         return member
     except TimeoutError:
-        pool.queue_rejects += 1
+        pool.queue_rejected()
         raise UpstreamError(503, "waited %gs in the queue of pool %s: %s"
                             % (cfg.timeout, pool.name, pool.why_unavailable(avoid)),
                             retry_after=pool.retry_after(avoid)) from None
