@@ -25,6 +25,7 @@ from wsproxy.config.schema import (
     PoolConfig,
     QueueConfig,
     RebalanceConfig,
+    ReconnectConfig,
     RouteConfig,
     ServerConfig,
     TlsConfig,
@@ -52,13 +53,13 @@ LISTENER_KEYS = (
     "accept_proxy", "idle_timeout",
 )
 ROUTE_KEYS = ("host", "path", "path_prefix", "pool", "allowed_origins", "relay", "ws_idle_timeout",
-              "ping_interval", "pong_timeout")
+              "ping_interval", "pong_timeout", "reconnect")
 POOL_KEYS = (
     "balance", "hash_key", "members", "max_conns", "hash_fallback", "queue", "persist", "health",
     "proxy_protocol", "relay",
     "connect_timeout", "response_timeout", "retries", "fail_threshold", "down_time",
     "keepalive_conns", "keepalive_timeout", "ws_idle_timeout", "down_time_max", "slow_start", "drain_spread",
-    "rebalance", "ping_interval", "pong_timeout",
+    "rebalance", "ping_interval", "pong_timeout", "reconnect",
 )
 MEMBER_KEYS = ("addr", "weight", "max_conns")
 TLS_KEYS = ("cert", "key")
@@ -67,6 +68,7 @@ QUEUE_KEYS = ("size", "timeout")
 HEALTH_KEYS = ("type", "path", "interval", "timeout", "rise", "fall", "status", "jitter")
 REBALANCE_KEYS = ("threshold", "rate", "max_fraction", "order", "auto")
 REBALANCE_ORDERS = ("oldest", "random")
+RECONNECT_KEYS = ("deadline", "buffer")
 PLUGIN_KEYS = ("path", "listeners", "options", "on_error", "runtime", "limits")
 PLUGIN_LIMIT_KEYS = ("memory", "instructions", "timeout")
 
@@ -541,6 +543,7 @@ def _read_route(r: _Reader, table: dict, path: str, index: int, listener: str) -
         ws_idle_timeout=r.value(table, "ws_idle_timeout", path, _duration()),
         ping_interval=r.value(table, "ping_interval", path, _duration(allow_zero=True)),
         pong_timeout=r.value(table, "pong_timeout", path, _duration()),
+        reconnect=_read_reconnect(r, table, path),
         listener=listener,
     )
 
@@ -603,6 +606,7 @@ def _read_pool(r: _Reader, name: str, table: dict) -> PoolConfig:
         rebalance=_read_rebalance(r, table, path),
         ping_interval=r.value(table, "ping_interval", path, _duration(allow_zero=True), d["ping_interval"]),
         pong_timeout=r.value(table, "pong_timeout", path, _duration(), d["pong_timeout"]),
+        reconnect=_read_reconnect(r, table, path),
     )
 
 
@@ -744,6 +748,21 @@ def _read_rebalance(r: _Reader, table: dict, path: str) -> RebalanceConfig | Non
         max_fraction=r.value(rb, "max_fraction", rb_path, _fraction(0.0, 1.0), d["max_fraction"]),
         order=r.value(rb, "order", rb_path, _choice(REBALANCE_ORDERS), d["order"]),
         auto=r.value(rb, "auto", rb_path, _boolean, d["auto"]),
+    )
+
+
+def _read_reconnect(r: _Reader, table: dict, path: str) -> ReconnectConfig | None:
+    if "reconnect" not in table:
+        return None
+    rc_path = f"{path}.reconnect"
+    rc = r.table(table["reconnect"], rc_path, 'a table like { deadline = "5s", buffer = "1MiB" }')
+    if rc is None:
+        return None
+    d = defaults(ReconnectConfig)
+    r.known_keys(rc, rc_path, RECONNECT_KEYS)
+    return ReconnectConfig(
+        deadline=r.value(rc, "deadline", rc_path, _duration(), d["deadline"]),
+        buffer=r.value(rc, "buffer", rc_path, _size(minimum=1), d["buffer"]),
     )
 
 

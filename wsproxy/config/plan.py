@@ -14,6 +14,7 @@ from wsproxy.config.schema import (
     RouteConfig,
     effective_relay,
     effective_keepalive,
+    effective_reconnect,
     effective_ws_idle_timeout,
 )
 from wsproxy.config.units import format_duration as dur
@@ -114,6 +115,10 @@ def _route_row(config: Config, route: RouteConfig, chain=None) -> Row:
     if interval:
         own = " (route)" if route.ping_interval is not None else ""
         row.append(f"ping {dur(interval)}/{dur(timeout)}{own}")
+    rc = effective_reconnect(config, route)
+    if rc is not None:
+        own = " (route)" if route.reconnect is not None else ""
+        row.append(f"reconnect within {dur(rc.deadline)} holding {size(rc.buffer)}{own}")
     if route.allowed_origins:
         row.append("origins " + ", ".join(route.allowed_origins))
     if chain is not None:

@@ -55,6 +55,7 @@ class RouteConfig:
     ws_idle_timeout: float | None = None  # None = the pool's ws_idle_timeout
     ping_interval: float | None = None  # None = the pool's ping_interval
     pong_timeout: float | None = None  # None = the pool's pong_timeout
+    reconnect: ReconnectConfig | None = None  # None = the pool's reconnect
     listener: str = ""  # name of the listener holding this route (for labels)
 
     @property
@@ -133,6 +134,14 @@ class RebalanceConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ReconnectConfig:
+    """Opt-in reconnect of a WebSocket's member leg when its member is lost (proxy/reconnect.py)."""
+
+    deadline: float = 5.0  # a member must accept the stored handshake within this, else Close 1014
+    buffer: int = 1024 * 1024  # client bytes held for the replay (unanswered + sent meanwhile), at most
+
+
+@dataclass(frozen=True, slots=True)
 class PoolConfig:
     name: str
     balance: str = "round_robin"  # round_robin | least_conn | random_two | hash
@@ -159,6 +168,7 @@ class PoolConfig:
     rebalance: RebalanceConfig | None = None  # None = only on demand, with RebalanceConfig's defaults
     ping_interval: float = 0.0  # the proxy pings both legs of a WebSocket this often; 0 = off
     pong_timeout: float = 10.0  # a leg that does not answer a ping within this is closed
+    reconnect: ReconnectConfig | None = None  # None = off: a lost member means Close 1014
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +216,14 @@ def effective_keepalive(config: Config, route: RouteConfig) -> tuple[float, floa
     timeout = route.pong_timeout if route.pong_timeout is not None else (
         pool.pong_timeout if pool is not None else d["pong_timeout"])
     return interval, timeout
+
+
+def effective_reconnect(config: Config, route: RouteConfig) -> ReconnectConfig | None:
+    """The reconnect settings of a route's WebSockets: the route's own, else its pool's (None: off)."""
+    if route.reconnect is not None:
+        return route.reconnect
+    pool = config.pools.get(route.pool)
+    return pool.reconnect if pool is not None else None
 
 
 def effective_proxy_protocol(listener: ListenerConfig, pool: PoolConfig) -> str | None:

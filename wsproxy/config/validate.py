@@ -16,7 +16,7 @@ import json
 import re
 from typing import Any, Iterable, Iterator
 
-from wsproxy.config.schema import Address, Config, effective_relay
+from wsproxy.config.schema import Address, Config, effective_reconnect, effective_relay
 from wsproxy.errors import ConfigError
 
 # Features whose keys are part of site.conf but whose code arrives with a later issue. The
@@ -109,7 +109,7 @@ def no_such(kind: str, name: str, existing: Iterable[str], table: str) -> str:
 def check_config(config: Config) -> list[ConfigError]:
     """Every cross-section problem, then every use of a feature that has not landed yet."""
     return [*_check_references(config), *_check_binds(config), *_check_keepalive(config),
-            *_check_not_supported(config)]
+            *_check_reconnect(config), *_check_not_supported(config)]
 
 
 def _check_references(config: Config) -> Iterator[ConfigError]:
@@ -160,6 +160,26 @@ def _check_keepalive(config: Config) -> Iterator[ConfigError]:
                                   'keep-alive pings need relay = "track" or "inspect" (a raw relay does '
                                   "not see frames, so it cannot put a ping between two); expected "
                                   "ping_interval = 0 or another relay")
+
+
+_RECONNECT_RAW = ('reconnect needs relay = "track" (the replay starts at a frame boundary, and a raw '
+                  'relay does not see frames); expected no reconnect or relay = "track"')
+
+
+def _check_reconnect(config: Config) -> Iterator[ConfigError]:
+    """Reconnecting the member leg replays client frames from a frame boundary: not on raw."""
+    for name, pool in config.pools.items():
+        if pool.reconnect is not None and pool.relay == "raw":
+            yield ConfigError(f"{key('pools', name)}.reconnect", _RECONNECT_RAW)
+    for name, listener in config.listeners.items():
+        for route in listener.routes:
+            pool = config.pools.get(route.pool)
+            if pool is None or effective_reconnect(config, route) is None or effective_relay(config, route) != "raw":
+                continue
+            if route.reconnect is None and pool.relay == "raw":
+                continue  # reported on the pool
+            where = "reconnect" if route.reconnect is not None else "relay"
+            yield ConfigError(f"{key('listeners', name)}.routes[{route.index}].{where}", _RECONNECT_RAW)
 
 
 def _binds_overlap(a: Address, b: Address) -> bool:

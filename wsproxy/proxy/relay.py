@@ -220,21 +220,9 @@ class WsRelay(_speedups.RelayCore):
             self._shut(self.client if ep is self.member else self.member)
         elif ep is self.member:
             if not self.member_sent_close:
-                why = "member closed the connection without a Close frame"
-                if exc is not None:
-                    why = "member connection lost (%s)" % exc.__class__.__name__
-                self._first_close(MEMBER, 1006, why)
-                # What the client sent after the member's last word went to a member that is
-                # gone: it may or may not have been processed (no application ack to tell).
-                c2u = self.c2u
-                self.lost_in_flight = (c2u.frames - self.frames_at_reply if c2u is not None else None,
-                                       self.bytes_in - self.in_at_reply)
-                if self._close_client(1014, "member lost"):
-                    event(logging.INFO, "member lost: sent Close 1014 to the client",
-                          client=self.client.address, unanswered_frames=self.lost_in_flight[0],
-                          unanswered_bytes=self.lost_in_flight[1])
-                elif not self.closed_to_client:
-                    self.reason = why + "; mid-frame, so no Close frame could be sent"
+                if self._reconnect(exc):
+                    return  # proxy/reconnect.py: the client waits for another member
+                self._member_lost(exc)
             self._shut(self.client)
         else:
             if not self.client_sent_close:
@@ -244,6 +232,29 @@ class WsRelay(_speedups.RelayCore):
                 self._first_close(CLIENT, 1006, why)
                 self._close_member(1001, "client went away")
             self._shut(self.member)
+
+    def _member_lost(self, exc) -> None:
+        """The member left without a Close: Close 1014 to the client at a frame boundary."""
+        why = "member closed the connection without a Close frame"
+        if exc is not None:
+            why = "member connection lost (%s)" % exc.__class__.__name__
+        self._first_close(MEMBER, 1006, why)
+        # What the client sent after the member's last word went to a member that is
+        # gone: it may or may not have been processed (no application ack to tell).
+        c2u = self.c2u
+        self.lost_in_flight = (c2u.frames - self.frames_at_reply if c2u is not None else None,
+                               self.bytes_in - self.in_at_reply)
+        if self._close_client(1014, "member lost"):
+            event(logging.INFO, "member lost: sent Close 1014 to the client",
+                  client=self.client.address, unanswered_frames=self.lost_in_flight[0],
+                  unanswered_bytes=self.lost_in_flight[1])
+        elif not self.closed_to_client:
+            self.reason = why + "; mid-frame, so no Close frame could be sent"
+
+    def _reconnect(self, exc) -> bool:
+        """The member left without a Close: True if another member will take over (a route
+        with ``reconnect``: proxy/reconnect.py); here, never."""
+        return False
 
     def _valid_prefix(self, tracker, data: bytes) -> int:
         """Bytes of ``data`` before the frame that broke the protocol (-1: it began earlier,

@@ -12,13 +12,14 @@ import time
 
 from wsproxy.errors import HandshakeError
 from wsproxy.logs import access
-from wsproxy.protocol import http1
+from wsproxy.protocol import http1, proxy_header
 from wsproxy.protocol.handshake import (check_server_accept, negotiated_rsv, origin_allowed,
                                         validate_client_handshake)
 from wsproxy.proxy.http_exchange import HttpExchange, member_request_head
 from wsproxy._speedups import build_frame
 from wsproxy.proxy.inspect_relay import InspectRelay
 from wsproxy.scripting.events import OPCODES
+from wsproxy.proxy.reconnect import ReconnectRelay
 from wsproxy.proxy.relay import WsRelay
 
 _EXTENSIONS = frozenset({"sec-websocket-extensions"})
@@ -158,9 +159,26 @@ class WebSocketExchange(HttpExchange):
         route = self.route
         session = self.session
         idle = route.ws_idle_timeout if route.ws_idle_timeout is not None else cfg.ws_idle_timeout
+        rc = route.reconnect if route.reconnect is not None else cfg.reconnect
+        reconnect_off = None
+        if rc is not None:  # proxy/reconnect.py; Close 1014 on a lost member where it cannot apply
+            if self.inspect:
+                reconnect_off = "inspect relay"
+            elif (route.relay or cfg.relay) != "track":
+                reconnect_off = "raw relay"
+            elif rh.get("sec-websocket-extensions"):
+                reconnect_off = "extension negotiated"
         if self.inspect:
             relay = InspectRelay(self.client, self.up.endpoint, rsv=negotiated_rsv(rh), idle_timeout=idle,
                                  sweeper=session.ctx.state.sweeper, plugins=self.plugins)
+        elif rc is not None and reconnect_off is None:
+            relay = ReconnectRelay(
+                self.client, self.up.endpoint, rc=rc, pool=self.pool, pool_member=self.up.member,
+                request_head=self.member_request_head(), ws_key=self.head.get("sec-websocket-key"),
+                subprotocol=rh.get("sec-websocket-protocol"),
+                proxy_header=(proxy_header.build(self.proxy_protocol, session.ep.peer, session.ep.local)
+                              if self.proxy_protocol is not None else None),
+                live=session.ctx.state.live, rsv=0, idle_timeout=idle, sweeper=session.ctx.state.sweeper)
         else:
             relay = WsRelay(self.client, self.up.endpoint, mode=route.relay or cfg.relay, rsv=negotiated_rsv(rh),
                             idle_timeout=idle, sweeper=session.ctx.state.sweeper)
@@ -198,11 +216,22 @@ class WebSocketExchange(HttpExchange):
         metrics, conn_token = session.ctx.state.metrics, session.metrics_token
         ws_token = metrics.ws_opened(conn_token, pool.name, self.member_addr) if conn_token is not None else None
 
+        if reconnect_off is not None:
+            line["reconnect_off"] = reconnect_off
+        reconnecting = isinstance(relay, ReconnectRelay)
+
         def finished(_done) -> None:
             sessions.discard(relay)
-            if col is not None:
-                live.discard(col, relay)
-            pool.release(member)
+            if reconnecting:  # the member it holds now (None: lost, none found)
+                held = relay.pool_member
+                if held is not None:
+                    if col is not None:
+                        live.discard(held.col, relay)
+                    pool.release(held)
+            else:
+                if col is not None:
+                    live.discard(col, relay)
+                pool.release(member)
             if plugins is not None:
                 plugins.close()  # CLIENT_CLOSED: the session handed it to us
             if ws_token is not None:
@@ -212,12 +241,18 @@ class WebSocketExchange(HttpExchange):
                 line["unanswered_frames"], line["unanswered_bytes"] = lost
                 if ws_token is not None:
                     metrics.member_lost(ws_token, lost[0] or 0, lost[1])
+            if reconnecting:
+                line["reconnects"] = relay.reconnects
+                line["last_member"] = relay.member_addr
+                if relay.reconnect_off is not None:
+                    line["reconnect_off"] = relay.reconnect_off
             access({
                 **line,
                 "bytes_in": relay.bytes_in,
                 "bytes_out": relay.bytes_out + head_bytes,
                 "frames_in": relay.c2u.frames if relay.c2u is not None else None,
-                "frames_out": relay.u2c.frames if relay.u2c is not None else None,
+                "frames_out": (relay.u2c.frames + (relay.frames_out_before if reconnecting else 0)
+                               if relay.u2c is not None else None),
                 "duration_ms": round((time.monotonic() - started) * 1000, 1),
                 "close_code": relay.close_code,
                 "closed_by": relay.closed_by,
