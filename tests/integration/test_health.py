@@ -428,9 +428,12 @@ def test_slow_start_ramps_a_member_that_comes_back(members, proxy, tmp_path):
         "health": {"type": "tcp", "interval": "100ms", "timeout": "100ms", "rise": 1, "fall": 1},
     }}, server={"admin": f"{HOST}:{admin_port}"}))
 
-    def state(addr: str) -> str:
-        with urllib.request.urlopen(f"http://{HOST}:{admin_port}/api/pools", timeout=5) as resp:
-            pools = json.loads(resp.read())["pools"]
+    def state(addr: str) -> str | None:
+        try:  # the admin port may open a moment after the listeners the fixture waits for
+            with urllib.request.urlopen(f"http://{HOST}:{admin_port}/api/pools", timeout=5) as resp:
+                pools = json.loads(resp.read())["pools"]
+        except OSError:
+            return None
         return next(m["state"] for m in pools["chat"]["members"] if m["addr"] == addr)
 
     assert wait_until(lambda: state(b_addr) == "up", 10)
