@@ -149,7 +149,7 @@ def test_config_md_example_verbatim_is_valid() -> None:
 COMMENTED_KEYS = {
     "state": "server.state: cluster-wide shared state is not supported yet",
     "tls": "listeners.public.tls: TLS is not supported yet",
-    "redirect_https": "listeners.public.redirect_https: redirect_https is not supported yet",
+    "redirect_https": None,  # issue #7: a plain listener redirects to https
     "proxy_protocol": None,  # listeners.raw.proxy_protocol = "v2" is valid
     "hash_key": 'pools.chat.hash_key: only applies to balance = "hash"',
     "health": None,  # active health checks (issue #6)

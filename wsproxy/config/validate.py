@@ -29,7 +29,6 @@ NOT_SUPPORTED_YET: dict[str, str] = {
         "remove the key"
     ),
     "listener.tls": "TLS is not supported yet (it arrives with issue #7); remove the key",
-    "listener.redirect_https": "redirect_https is not supported yet (it arrives with issue #7); remove the key",
 }
 
 

@@ -262,6 +262,9 @@ class ClientSession:
 
     async def _handle(self, head) -> bool:
         started = time.monotonic()
+        if self.cfg.redirect_https is not None:
+            self.redirect_https(head, started)
+            return False
         routing = None
         if self.plugins is not None:
             verdict, routing = await self.plugins.request(head)
@@ -297,6 +300,23 @@ class ClientSession:
         exchange = HttpExchange(self, head, route, pool, started)
         self.handler = exchange
         return await exchange.run()
+
+    def redirect_https(self, head, started) -> None:
+        """``redirect_https`` on this listener: every request, WebSocket upgrades included,
+        gets 308 Permanent Redirect to the same path and query under the configured base.
+        308 rather than 301: a POST stays a POST with its body (RFC 9110 §15.4.9), and browsers
+        cache it like a 301. The connection closes after it (a body is not read)."""
+        target = head.target if head.target.startswith("/") else "/"
+        location = self.cfg.redirect_https.rstrip("/") + target
+        body = b"redirecting to https\n"
+        answer = http1.serialize_response_head(308, "Permanent Redirect", [
+            ("Location", location), ("Content-Type", "text/plain; charset=utf-8"),
+            ("Content-Length", str(len(body))), ("Connection", "close")]) + body
+        if not self.ep.closed:
+            self.ep.write(answer)
+        self.log_http(head, 308, bytes_out=len(answer), started=started, reason="redirect_https")
+        self.eof = True
+        self.ep.linger_close()
 
     def plugin_answer(self, verdict, *, head=None, route=None, pool=None, started=None) -> None:
         """A plugin's verdict before the upgrade: respond, redirect, reject (reset), or abort
