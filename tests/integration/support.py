@@ -616,3 +616,21 @@ def full_duplex_request(port: int, head: bytes, body_parts=(), *, timeout: float
     if errors:
         raise errors[0]
     return resp
+
+
+# --------------------------------------------------------------------------- processes
+
+def children(pid: int) -> list[int]:
+    """The child pids of ``pid`` (a master's workers), from /proc."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def state(pid: int) -> str | None:
+    """The /proc state letter of ``pid`` (Z = zombie), or None when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None

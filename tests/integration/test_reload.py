@@ -20,33 +20,18 @@ import asyncio
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from .support import (HOST, connect as raw_connect, free_port, port_open, raw_request, read_response, run, site_conf,
-                      wait_until)
+                      wait_until, children, state)
 
 CLIENTS = 500
 RELOADS = 20
 INTERVAL = 0.3  # seconds between one client's messages
 SPREAD = 1.0
-
-
-def children(pid: int) -> list[int]:
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
-def state(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return None
 
 
 class Site:

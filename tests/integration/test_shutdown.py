@@ -15,18 +15,11 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from .support import run, site_conf, wait_until
+from .support import run, site_conf, wait_until, children
 
 N = 200
 SPREAD = 2.0
 GRACE = 3.0
-
-
-def children(pid: int) -> list[int]:
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
 
 
 def alive(pid: int) -> bool:

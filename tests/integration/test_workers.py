@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import signal
@@ -23,23 +22,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from .support import HOST, run, site_conf, wait_until
+from .support import HOST, run, site_conf, wait_until, children, state
 
-HAS_ADMIN = importlib.util.find_spec("wsproxy.admin") is not None
-
-
-def children(pid: int) -> list[int]:
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
-def state(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return None
 
 
 def conns_by_process(pids: list[int], port: int) -> Counter:
@@ -97,9 +81,7 @@ async def try_open(url: str):
 
 def test_both_workers_take_connections_and_counts_are_node_wide(members, proxy):
     m = members.ws("echo")
-    server = {"workers": 2}
-    if HAS_ADMIN:
-        server["admin"] = f"{HOST}:$PORT2"
+    server = {"workers": 2, "admin": f"{HOST}:$PORT2"}
     p = proxy(site_conf({"echo": [m.addr]}, server=server))
     workers = workers_of(p)
     result: dict = {}
@@ -110,10 +92,9 @@ def test_both_workers_take_connections_and_counts_are_node_wide(members, proxy):
             await ws.send("x")
             assert await ws.recv() == "x"
         result["by_worker"] = conns_by_process(workers, p.port)
-        if HAS_ADMIN:
-            port = int(p.config["server"]["admin"].rsplit(":", 1)[1])
-            members_ = (await asyncio.to_thread(admin_pools, port))["pools"]["echo"]["members"]
-            result["admin_conns"] = sum(x["conns"] for x in members_)
+        port = int(p.config["server"]["admin"].rsplit(":", 1)[1])
+        members_ = (await asyncio.to_thread(admin_pools, port))["pools"]["echo"]["members"]
+        result["admin_conns"] = sum(x["conns"] for x in members_)
         for ws in conns:
             await ws.close()
 
@@ -121,8 +102,7 @@ def test_both_workers_take_connections_and_counts_are_node_wide(members, proxy):
     by_worker = result["by_worker"]
     assert sum(by_worker.values()) == 40, by_worker
     assert all(by_worker[w] >= 3 for w in workers), by_worker  # both take a fair part (P(fail) ~ 1e-8)
-    if HAS_ADMIN:
-        assert result["admin_conns"] == 40
+    assert result["admin_conns"] == 40
 
 
 def test_max_conns_holds_per_node_not_per_worker(members, proxy):

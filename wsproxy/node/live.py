@@ -64,11 +64,6 @@ class LiveConnections:
             if not relays:
                 del self.by_col[col]
 
-    def count(self, col: int | None = None) -> int:
-        if col is not None:
-            return len(self.by_col.get(col, ()))
-        return sum(len(r) for r in self.by_col.values())
-
     # -- the periodic tick ------------------------------------------------------------------
     def tick(self, now: float) -> None:
         table = self.table
