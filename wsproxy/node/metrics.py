@@ -60,6 +60,20 @@ HANDSHAKE_RESULTS = ("101", "4xx", "5xx", "member_failed", "other", "closed")
 DIRECTIONS = ("in", "out")
 HEALTH_STATES = ("up", "down")
 MEMBER_CLOSES = ("drain", "rebalance")
+# Why a client was refused or cut (``wsproxy_rejections_total``; README, "Security"):
+REJECT_REASONS = (
+    "bad_request",     # 400: a malformed or ambiguous request head (smuggling vectors included)
+    "too_large",       # 414 / 431: request target or head over the listener's limits
+    "head_timeout",    # 408 or closed: the head did not arrive within head_timeout (slowloris)
+    "max_conns",       # the listener's max_conns reached: the connection is closed at once
+    "ip_conns",        # the client IP's max_conns_per_ip reached: closed at once
+    "handshake_rate",  # 429: the client IP's WebSocket handshake rate exceeded
+    "origin",          # 403: the handshake's Origin is not in the route's allowed_origins
+    "tls_handshake",   # the TLS handshake failed or did not finish within its timeout
+    "ws_protocol",     # Close 1002: a WebSocket protocol violation after the upgrade
+    "ws_utf8",         # Close 1007: invalid UTF-8 in a text message (routes with validate_utf8)
+    "ws_too_big",      # Close 1009: a frame or message over max_frame_size / max_message_size
+)
 UNKNOWN = "unknown"
 
 _NONE: dict = {}  # an empty map for lookups of unknown pools
@@ -112,6 +126,9 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "counter", "Requests answered 503 by the pool's queue (full, or the wait timed out).", ("pool",)),
     "wsproxy_pool_hash_fallbacks_total": (
         "counter", "balance = hash: picks made by hash_fallback because the request had no key.", ("pool",)),
+    "wsproxy_rejections_total": (
+        "counter", "Clients refused or cut for bad or hostile input, or over a limit, by reason "
+                   "(see REJECT_REASONS).", ("listener", "reason")),
     "wsproxy_plugin_errors_total": (
         "counter", "Plugin handler failures (errors, invalid verdicts, limits), per [[plugins]] entry.",
         ("plugin", "path")),
@@ -169,6 +186,7 @@ class Metrics:
         self._closes: dict[str | None, dict[int | None, int]] = {}  # closed_by -> code -> column
         self._plugins: dict[int, int] = {}  # [[plugins]] index -> column
         self._by_col: dict[int, tuple[str, str]] = {}  # member column -> (pool, addr)
+        self._rejections: dict[str, dict[str, int]] = {}  # listener -> reason -> column
         # This process's counts not yet in its table row (see the module docstring).
         self._local = [0] * table.counters
         self._flush_handle = None
@@ -235,6 +253,8 @@ class Metrics:
         for result in HANDSHAKE_RESULTS:
             cols.append(self._slot("wsproxy_websocket_handshakes_total", (name, result), (UNKNOWN, result)))
         self._listeners[name] = tuple(cols)
+        self._rejections[name] = {reason: self._slot("wsproxy_rejections_total", (name, reason), (UNKNOWN, reason))
+                                  for reason in REJECT_REASONS}
 
     def _register_member(self, pool: str, addr: str, u: tuple) -> tuple[int, ...]:
         labels = (pool, addr)
@@ -272,6 +292,16 @@ class Metrics:
         if self._flush_handle is None:
             self._arm()
         return token
+
+    def rejected(self, listener: str, reason: str) -> None:
+        """A client of ``listener`` was refused or cut for ``reason`` (one of REJECT_REASONS)."""
+        cols = self._rejections.get(listener) or self._rejections[UNKNOWN]
+        col = cols.get(reason)
+        if col is None:
+            raise ValueError(f"unknown rejection reason {reason!r}; expected one of {REJECT_REASONS}")
+        self._local[col] += 1
+        if self._flush_handle is None:
+            self._arm()
 
     def connection_closed(self, token: tuple) -> None:
         """The connection of ``token`` (from ``connection_opened``) is gone."""
