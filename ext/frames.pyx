@@ -181,22 +181,36 @@ cdef str violation_reason(Violation violation, uint64_t value, uint64_t limit):
 
 # ---- FrameTracker: the track relay mode ----------------------------------------------------------
 
+DEF UTF8_BLOCK = 2048  # a masked text payload is unmasked this much at a time for the UTF-8 check
+
+
 cdef class FrameTracker:
     """Follow the frames of ONE direction without keeping payloads (HEADERS relay mode).
 
     ``masked`` is True for client-to-server traffic (every frame must be masked) and False for
     server-to-client (none may be). ``rsv_allowed`` holds the RSV bits the handshake negotiated
     (0x40 with permessage-deflate). ``max_frame_size`` > 0 caps each frame's payload (1009).
+    ``max_message_size`` > 0 caps a data message's payload, its fragments added up (control
+    frames do not count; 1009). Both are checked as soon as a frame's length is known, so the
+    frame that would go over is refused before any of its payload. With ``validate_utf8``
+    the payload of text messages is checked as it passes, across fragments and feeds
+    (1007, as soon as a byte makes the text invalid); a compressed message (RSV1) is not
+    checked: it is UTF-8 only once inflated. Payloads are read for nothing else.
     """
 
-    def __init__(self, masked, int rsv_allowed=0, long long max_frame_size=0):
+    def __init__(self, masked, int rsv_allowed=0, long long max_frame_size=0,
+                 long long max_message_size=0, validate_utf8=False):
         if rsv_allowed & ~RSV_BITS:
             raise ValueError(f"rsv_allowed must be a subset of 0x70, not {rsv_allowed:#x}")
         if max_frame_size < 0:
             raise ValueError("max_frame_size must be >= 0 (0 = no limit)")
+        if max_message_size < 0:
+            raise ValueError("max_message_size must be >= 0 (0 = no limit)")
         self._masked = bool(masked)
         self._rsv_allowed = <uint8_t>rsv_allowed
         self._max_frame_size = <uint64_t>max_frame_size
+        self._max_message_size = <uint64_t>max_message_size
+        self._validate_utf8 = bool(validate_utf8)
         self._state = HEAD0
         self._close_code = -1
 
@@ -268,9 +282,8 @@ cdef class FrameTracker:
                 take = <uint64_t>(size - pos)
                 if self._remaining < take:
                     take = self._remaining
-                if self._collect:  # a Close payload: at most 125 bytes in all
-                    memcpy(self._close_payload + self._close_len, data + pos, <size_t>take)
-                    self._close_len += <unsigned int>take
+                if self._collect:  # a Close payload, or a text payload to check
+                    self._payload_seen(data + pos, take)
                 pos += <Py_ssize_t>take
                 self._remaining -= take
                 if self._remaining == 0:
@@ -310,9 +323,8 @@ cdef class FrameTracker:
                 take = <uint64_t>(size - pos)
                 if self._remaining < take:
                     take = self._remaining
-                if self._collect:  # a Close payload: at most 125 bytes in all
-                    memcpy(self._close_payload + self._close_len, data + pos, <size_t>take)
-                    self._close_len += <unsigned int>take
+                if self._collect:  # a Close payload, or a text payload to check
+                    self._payload_seen(data + pos, take)
                 pos += <Py_ssize_t>take
                 self._remaining -= take
                 if self._remaining == 0:
@@ -348,6 +360,11 @@ cdef class FrameTracker:
         self._fin = byte >= 0x80
         self._opcode = byte & 0x0F
         self._collect = self._opcode == OP_CLOSE
+        if self._validate_utf8 and self._opcode < OP_CLOSE:
+            if self._opcode != OP_CONT:  # a message begins
+                self._check_utf8 = self._opcode == OP_TEXT and not (byte & RSV1)  # deflated: not UTF-8 yet
+                self._utf8.len = 0
+            self._collect = self._check_utf8
         self._state = HEAD1
         return 0
 
@@ -368,9 +385,17 @@ cdef class FrameTracker:
 
     cdef inline int _length_done(self) except -1:
         cdef Violation violation = length_violation(self._length, self._max_frame_size)
+        cdef uint64_t message_size
         if violation:
             return self._fail(violation_code(violation),
                               violation_reason(violation, self._length, self._max_frame_size))
+        if self._max_message_size and self._opcode < OP_CLOSE:  # control frames do not count
+            message_size = self._length
+            if self._opcode == OP_CONT:
+                message_size += self._message_size  # no overflow: each length is below 2**63
+            if message_size > self._max_message_size:
+                return self._message_too_big(message_size)
+            self._message_size = message_size
         self._remaining = self._length
         if self._has_mask:
             self._need = 4
@@ -387,7 +412,10 @@ cdef class FrameTracker:
 
     cdef inline int _end_frame(self) except -1:
         if self._collect:
-            self._close_frame_done()
+            if self._opcode == OP_CLOSE:
+                self._close_frame_done()
+            else:
+                self._text_frame_done()
         if self._opcode < OP_CLOSE:
             self._fragmented = not self._fin
             if self._fin:
@@ -414,6 +442,40 @@ cdef class FrameTracker:
         self._error_reason = reason
         self._state = DEAD
         raise FrameError(code, reason)
+
+    cdef int _message_too_big(self, uint64_t size) except -1:
+        return self._fail(1009, f"message of at least {size} bytes over the {self._max_message_size} byte limit")
+
+    cdef int _payload_seen(self, const uint8_t *data, uint64_t size) except -1:
+        # Payload of a frame with _collect: a Close frame's is kept (at most 125 bytes in all);
+        # a checked text frame's goes through the UTF-8 check, unmasked first if need be.
+        cdef unsigned char plain[UTF8_BLOCK]
+        cdef size_t phase
+        cdef uint64_t n
+        if self._opcode == OP_CLOSE:
+            memcpy(self._close_payload + self._close_len, data, <size_t>size)
+            self._close_len += <unsigned int>size
+            return 0
+        if not self._has_mask:
+            if not wsp_utf8_stream_feed(&self._utf8, data, <size_t>size):
+                return self._fail(1007, "invalid UTF-8 in a text message")
+            return 0
+        phase = <size_t>((self._length - self._remaining) & 3)  # the key stream goes on from here
+        while size:
+            n = size if size < UTF8_BLOCK else UTF8_BLOCK
+            wsp_mask(data, plain, <size_t>n, self._key, phase)
+            if not wsp_utf8_stream_feed(&self._utf8, plain, <size_t>n):
+                return self._fail(1007, "invalid UTF-8 in a text message")
+            data += n
+            size -= n
+            phase = (phase + <size_t>n) & 3
+        return 0
+
+    cdef int _text_frame_done(self) except -1:
+        # A checked text frame ended: a message must not end inside a character.
+        if self._fin and self._utf8.len:
+            return self._fail(1007, "invalid UTF-8 in a text message")
+        return 0
 
 
 # ---- FrameReader and Frame: the inspect relay mode -----------------------------------------------

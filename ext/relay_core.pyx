@@ -335,10 +335,14 @@ cdef class RelayCore:
         if ep.closed or transport is None or transport.is_closing():
             return leg  # its events still reach the Endpoint; nothing goes direct
         transport.set_protocol(leg)
-        transport.set_write_buffer_limits(0, 0)  # may call leg.pause_writing() right away
+        plain = transport.get_extra_info("sslcontext") is None
+        # "Pause while anything is buffered" (may call leg.pause_writing() right away). A TLS
+        # transport pauses at the high-water mark, a plain one above it: (0, 0) would pause
+        # a TLS one for good after a write, so it gets (1, 0).
+        transport.set_write_buffer_limits(0 if plain else 1, 0)
         if transport.get_write_buffer_size() and not leg.pending:
             leg.pause_writing()  # it was paused under the old limits and has not drained
-        if transport.get_extra_info("sslcontext") is None:
+        if plain:
             sock = transport.get_extra_info("socket")
             if sock is not None:
                 leg.fd = sock.fileno()

@@ -49,12 +49,15 @@ from wsproxy.protocol.forwarding import TrustedProxies
 from wsproxy.proxy.context import ListenerContext, ProxyState
 from wsproxy.proxy.endpoint import Endpoint
 from wsproxy.proxy.idle import IdleSweeper
+from wsproxy.proxy.limits import ListenerLimits, client_key, refused_connection
 from wsproxy.proxy.proxy_accept import ProxyAccept
 from wsproxy.proxy.session import ClientSession
+from wsproxy.proxy.tls_accept import TlsAccept, tls_first
 from wsproxy.proxy.tcp import TcpSession
 from wsproxy.proxy.upstream import IdleConnections
 from wsproxy.routing import Router
 from wsproxy.scripting import SharedStore
+from wsproxy.tls import hsts_header, listener_tls, member_tls
 
 TICK = 0.1  # seconds between LiveConnections / node-table ticks
 BACKLOG = 1024
@@ -246,11 +249,14 @@ class _Acceptor:
     def endpoint(self) -> Endpoint:
         ep = _ClientEndpoint()
         ep.acceptor = self
+        ep.limits = ep.limit_key = None
         return ep
 
 
 class _ClientEndpoint(Endpoint):
-    __slots__ = ("acceptor",)
+    # limits: the ListenerLimits this connection is counted in (None: not counted);
+    # limit_key: the client key it is counted under there (None: not per client).
+    __slots__ = ("acceptor", "limits", "limit_key")
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -260,15 +266,38 @@ class _ClientEndpoint(Endpoint):
         if ctx.state.draining:  # the process is stopping
             transport.abort()
             return
+        limits = ctx.limits
+        if limits is not None:
+            # A peer in trusted_proxies is a balancer carrying many clients: with accept_proxy
+            # the client its PROXY header names is counted (proxy_accept.py); without, it is
+            # not limited per IP. The listener's max_conns counts every connection.
+            ip = self.peer[0]
+            key = None if ctx.trusted and ctx.trusted.contains(ip) else client_key(ip)
+            refused = limits.open(key)
+            if refused is not None:
+                refused_connection(ctx, limits, refused, self.address)
+                transport.abort()
+                return
+            self.limits, self.limit_key = limits, key
         # mode = "http": HTTP/1.1 + WebSocket (session.py); mode = "tcp": layer 4 (tcp.py)
         make_session = TcpSession if ctx.config.mode == "tcp" else ClientSession
-        if ctx.config.accept_proxy:
+        if ctx.tls is not None:
+            make_session = tls_first(make_session)  # the TLS handshake, then the session: tls_accept.py
+        if ctx.config.accept_proxy and (ctx.tls is None or ctx.trusted.contains(self.peer[0])):
             # A PROXY header first (from trusted peers), then the session: proxy_accept.py.
+            # (On a TLS listener anyone else starts TLS at once: a forged header fails the handshake.)
             first = ProxyAccept(ctx, self, make_session)
         else:
             first = make_session(ctx, self)
         self.sink = first
         first.start()
+
+    def connection_lost(self, exc) -> None:
+        limits = self.limits
+        if limits is not None:
+            self.limits = None
+            limits.close(self.limit_key)
+        super().connection_lost(exc)
 
 
 class _Listener:
@@ -299,10 +328,19 @@ class Generation:
         self.drain: asyncio.Task | None = None
 
 
+def _terminator(name: str, listener, source: str):
+    """A TLS listener's Terminator (wsproxy/tls.py), or None. Built for each generation: a
+    reload reads the certificate files again. (validate.py loaded them already; a file that
+    changed since raises ConfigErrors, which refuses the start or the reload.)"""
+    if listener.tls is None:
+        return None
+    return listener_tls(listener.tls, source, "listeners.%s.tls" % name, alpn=listener.mode == "http", warn=True)
+
+
 def _request_session(session) -> bool:
     """A session that is an HTTP exchange (or about to become one), as opposed to a
     long-lived WebSocket relay or tcp session."""
-    return isinstance(session, (ClientSession, ProxyAccept))
+    return isinstance(session, (ClientSession, ProxyAccept, TlsAccept))
 
 
 def _close_1001(session, reason: str) -> None:
@@ -333,6 +371,9 @@ class App:
         self.idle = IdleConnections()
         self.sweeper = IdleSweeper()
         self.loop: asyncio.AbstractEventLoop | None = None
+        # Address -> ListenerLimits: one per bind, shared by the generations that listen
+        # there, so connections of a draining generation still count (proxy/limits.py).
+        self.limits: dict = {}
         self.current = self._build(config, generation, chains)  # ConfigErrors if a plugin fails to load
         self.generations: list[Generation] = [self.current]  # oldest first; the last is current
         self.listeners: dict = {}  # Address -> _Listener
@@ -368,6 +409,9 @@ class App:
             if chain is not None:
                 chain.metrics = self.metrics  # plugin errors -> wsproxy_plugin_errors_total
         pools = {name: Pool(cfg, table=self.table) for name, cfg in config.pools.items()}
+        for name, pool in pools.items():
+            if pool.config.tls is not None:  # TLS to the members: upstream.py connects with it
+                pool.tls = member_tls(pool.config.tls, config.source, "pools.%s.tls" % name)
         if self.table.row:
             # A worker of a master: random_two's generator starts from a fixed seed (replayable
             # runs); each worker needs its own sequence, or they all draw the same pairs.
@@ -386,10 +430,22 @@ class App:
                 trusted=TrustedProxies(lc.trusted_proxies),
                 state=state,
                 plugins=chains[name],
+                limits=self._limits_for(lc),
+                proto="https" if lc.tls is not None else "http",
+                tls=_terminator(name, lc, config.source),
+                hsts=hsts_header(lc.hsts),
             )
             for name, lc in config.listeners.items()
         }
         return Generation(number, config, chains, pools, contexts, state)
+
+    def _limits_for(self, listener) -> ListenerLimits:
+        """The limits of ``listener``'s bind: the running one (its numbers change when the
+        generation is switched in, ``reload``), or new ones."""
+        limits = self.limits.get(listener.bind)
+        if limits is None:
+            limits = self.limits[listener.bind] = ListenerLimits.for_listener(listener)
+        return limits
 
     # -- start ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -487,6 +543,7 @@ class App:
         elif self.metrics is not None:
             self.metrics.register(config)
         for ctx in gen.contexts.values():
+            ctx.limits.configure_from(ctx.config)  # the new numbers; the counts stay
             listener = self.listeners.get(ctx.config.bind)
             if listener is not None:
                 listener.acceptor.ctx = ctx  # the switch: the next accepted connection is the new generation's
@@ -495,6 +552,7 @@ class App:
         for bind in [b for b in self.listeners if b not in binds]:
             listener = self.listeners.pop(bind)
             listener.close()
+            self.limits.pop(bind, None)  # its connections still hold (and release) the old one
             event(logging.INFO, "listener closed", listener=listener.name, bind=str(bind))
         for bind, listener in self.listeners.items():
             listener.name = next(name for name, ctx in gen.contexts.items() if ctx.config.bind == bind)

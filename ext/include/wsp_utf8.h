@@ -1,19 +1,33 @@
 /* Strict UTF-8 validation (RFC 3629), as Python's bytes.decode("utf-8") in strict mode:
  * no overlong forms, no surrogates (U+D800..U+DFFF), nothing above U+10FFFF.
- * Used for Close reasons, which RFC 6455 §5.5.1 requires to be valid UTF-8.
+ * Used for Close reasons, which RFC 6455 §5.5.1 requires to be valid UTF-8, and (through
+ * wsp_utf8_stream.h) for text messages: MessageAssembler, FrameTracker with validate_utf8.
  */
 #ifndef WSP_UTF8_H
 #define WSP_UTF8_H
 
 #include <stddef.h>
+#include <stdint.h>
+#include <string.h>
 
 static inline int
 wsp_utf8_valid(const unsigned char *s, size_t n)
 {
     size_t i = 0, k, tail;
     unsigned char c, lo, hi;
+    uint64_t word;
 
     while (i < n) {
+        /* ASCII runs 8 bytes at a time (text messages are mostly ASCII: JSON and the like);
+           memcpy keeps the load alignment-safe. */
+        while (i + 8 <= n) {
+            memcpy(&word, s + i, 8);
+            if (word & UINT64_C(0x8080808080808080))
+                break;
+            i += 8;
+        }
+        if (i >= n)
+            break;
         c = s[i];
         if (c < 0x80) {
             i++;

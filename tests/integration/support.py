@@ -634,3 +634,36 @@ def state(pid: int) -> str | None:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return None
+
+
+# --------------------------------------------------------------------------- rejections
+
+def rejections(admin_port: int) -> dict[tuple[str, str], float]:
+    """{(listener, reason): count} of ``wsproxy_rejections_total`` from the admin /metrics."""
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"http://{HOST}:{admin_port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r'^wsproxy_rejections_total\{listener="([^"]*)",reason="([^"]*)"\} (\S+)$', line)
+        if m:
+            out[(m.group(1), m.group(2))] = float(m.group(3))
+    return out
+
+
+def rejection_deltas(after: dict, before: dict) -> dict[tuple[str, str], float]:
+    """The series that changed between two ``rejections`` snapshots, with their increase."""
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}
+
+
+def connect_from(source_ip: str, port: int, timeout: float = 10.0) -> socket.socket:
+    """A TCP connection to the proxy from ``source_ip`` (any 127.x.y.z: Linux routes all of
+    127/8 to the loopback device), so tests can be two clients with different addresses."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    s.bind((source_ip, 0))
+    s.connect((HOST, port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s

@@ -156,13 +156,16 @@ def test_raw_relay_member_killed_closes_client_without_frame(members, proxy):
     assert log is not None and log["frames_in"] is None and log["closed_by"] == "member", log
 
 
-def test_member_protocol_violation_gives_client_1002(proxy, scripted):
+def test_member_protocol_violation_gives_member_1002_and_client_1011(proxy, scripted):
+    """The member is told what it did wrong (1002); the client, which did nothing wrong, gets
+    a server error (1011) in place of the bad frame."""
+    got = {}
+
     def script(conn, head):
         switch(conn, head)
         conn.sendall(build_frame(0x1, b"masked by a server", mask=True))  # servers must not mask
-        conn.settimeout(5)
-        while conn.recv(65536):
-            pass
+        frame, _seen = recv_frames_until(conn, FrameParser(), lambda f: f[0] == 0x8, timeout=5)
+        got["close"] = close_code_of(frame) if frame is not None else None
 
     m = scripted(script)
     p = proxy(site_conf({"ws": [m.addr]}))
@@ -174,7 +177,9 @@ def test_member_protocol_violation_gives_client_1002(proxy, scripted):
             _frame, seen = recv_frames_until(s, parser, lambda f: f[0] in (0x1, 0x8), timeout=5)
         frame = seen[0] if seen else None
         assert frame is not None and frame[0] == 0x8, f"expected a Close, got {seen}"
-        assert close_code_of(frame) == 1002
+        assert close_code_of(frame) == 1011
+    m.thread.join(8)
+    assert got.get("close") == 1002, got
 
 
 def test_member_101_with_wrong_accept_is_502(proxy, scripted):

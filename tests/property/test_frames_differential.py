@@ -5,7 +5,9 @@ wrong mask bit, bad close payloads, huge lengths, random bytes), cuts them at ra
 feeds both trackers and both readers. After every chunk their state, errors and frames (fields
 and wire bytes, also those completed before an error) must be equal, and the readers must agree
 with the trackers. The builders must give the same frames (compared unmasked) or the same errors.
-MessageAssembler has its own file (test_message_differential.py).
+The trackers with message limits (max_message_size, validate_utf8) are compared on streams of
+text messages cut inside characters and sometimes corrupted. MessageAssembler has its own
+file (test_message_differential.py).
 """
 
 from __future__ import annotations
@@ -169,6 +171,90 @@ def test_byte_at_a_time_equals_whole(stream, data):
         assert last[1:] == expected[1:]
         outcome(split_twice, stream[:split])
         assert outcome(split_twice, stream[split:])[1:] == expected[1:]
+
+
+# ---- FrameTracker's message limits (max_message_size, validate_utf8) -----------------------------
+
+
+@st.composite
+def text_message(draw, masked: bool, rsv_allowed: int) -> bytes:
+    """A text message cut into 1-4 fragments at any byte (inside characters too), sometimes
+    with a byte corrupted, sometimes compressed (RSV1: not checked), pings between."""
+    text = draw(st.text(max_size=60)).encode()
+    if text and draw(st.integers(0, 3)) == 0:
+        at = draw(st.integers(0, len(text) - 1))
+        text = text[:at] + bytes([draw(st.integers(0x80, 0xFF))]) + text[at + 1:]
+    cuts = sorted(draw(st.lists(st.integers(0, len(text)), max_size=3)))
+    pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+    rsv = draw(st.sampled_from([0, 0, rsv_allowed & 0x40]))
+    out = []
+    for i, piece in enumerate(pieces):
+        if i and draw(st.integers(0, 3)) == 0:
+            out.append(build_frame(OP_PING, draw(st.binary(max_size=10)), mask=masked))
+        first, last = i == 0, i == len(pieces) - 1
+        out.append(build_frame(OP_TEXT if first else OP_CONT, piece, fin=last, mask=masked,
+                               rsv=rsv if first else 0))
+    return b"".join(out)
+
+
+@st.composite
+def limited_streams(draw, whole_frames: bool = False) -> tuple[tuple, bytes, list[int]]:
+    """(tracker config with limits, stream, cut points); ``whole_frames``: no truncated frame
+    (no huge header without its payload, no garbage)."""
+    (masked, rsv_allowed, max_frame_size), _, _ = draw(streams())
+    max_message_size = draw(st.sampled_from([0, 1, 40, 100, 300, 1 << 16]))
+    validate_utf8 = draw(st.booleans())
+    texts = text_message(masked, rsv_allowed)
+    pieces = [texts, texts, texts, message(masked, rsv_allowed), message(masked, rsv_allowed),
+              control_frame(masked), any_frame()]
+    if not whole_frames:
+        pieces.append(raw_header())
+    data = b"".join(draw(st.lists(st.one_of(*pieces), max_size=10)))
+    cuts = sorted(set(draw(st.lists(st.integers(0, len(data)), max_size=10))))
+    return (masked, rsv_allowed, max_frame_size, max_message_size, validate_utf8), data, cuts
+
+
+@settings(max_examples=600, deadline=None)
+@given(stream=limited_streams())
+def test_c_tracker_with_limits_matches_python_tracker(stream):
+    config, data, cuts = stream
+    c_tracker = c_frames.FrameTracker(*config)
+    py_tracker = py_frames.FrameTracker(*config)
+    bounds = [0, *cuts, len(data)]
+    for start, end in zip(bounds, bounds[1:]):
+        chunk = data[start:end]
+        assert outcome(c_tracker, chunk) == outcome(py_tracker, chunk)
+    assert outcome(c_tracker, b"\x81\x00") == outcome(py_tracker, b"\x81\x00")
+
+
+def _first_error(feed) -> int | None:
+    try:
+        feed()
+    except FrameError as exc:
+        return exc.close_code
+    return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(stream=limited_streams(whole_frames=True), module=st.sampled_from([c_frames, py_frames]))
+def test_limits_agree_with_reader_and_assembler(stream, module):
+    """Track mode refuses what inspect mode (FrameReader, then MessageAssembler) refuses, with
+    the same first code, on streams of whole frames (the tracker may refuse a frame before it
+    is whole, the assembler only once it is)."""
+    (masked, rsv_allowed, max_frame_size, max_message_size, _), data, _ = stream
+    tracker = module.FrameTracker(masked, rsv_allowed, max_frame_size, max_message_size, True)
+    reader = module.FrameReader(masked, max_frame_size, rsv_allowed=rsv_allowed)
+    assembler = module.MessageAssembler(max_size=max_message_size, validate_utf8=True)
+
+    def inspect():
+        try:
+            frames = reader.feed(data)
+        except FrameError:
+            assembler.feed(reader.completed)  # the frames before the reader's violation come first
+            raise
+        assembler.feed(frames)
+
+    assert _first_error(lambda: tracker.feed(data)) == _first_error(inspect)
 
 
 # ---- FrameReader ---------------------------------------------------------------------------------

@@ -408,6 +408,14 @@ def test_plain_sockets_get_direct_sends_in_the_compiled_twin_only(make, pair):
     assert relay.bytes_in == len(frame)
 
 
+def test_tls_transports_get_limits_that_pause_only_while_something_is_buffered(make):
+    # An SSL transport pauses at size >= high (a plain one at size > high): with (0, 0) it would
+    # pause after every write and, on a one-way stream, never resume (issue #7's 1 MiB over wss).
+    relay, client, member = attached(make, tls=True)
+    assert client.transport.limits == member.transport.limits == (1, 0)
+    assert not client.paused and not member.paused
+
+
 def test_tls_transports_get_no_direct_sends(make, pair):
     relay, _, member = attached(make, member_sock=pair[0], tls=True)
     read(relay.client_leg, b"\x82\x80abcd")

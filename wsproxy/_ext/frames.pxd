@@ -2,7 +2,8 @@
 #
 # FrameTracker reads one direction of a WebSocket stream, header bytes one at a time (a header
 # may split anywhere), and skips payload by counting. Only a Close payload (<= 125 bytes) is
-# copied, into a fixed array, to read its code. The steady state makes no Python objects:
+# copied, into a fixed array, to read its code; with validate_utf8, a text message's payload is
+# also read (unmasked into a stack buffer) by the streaming UTF-8 check. The steady state makes no Python objects:
 # feed() borrows the caller's buffer and Python is touched only to raise FrameError.
 # relay_core cimports it and calls _consume through its vtable, so its fields and methods below
 # keep their order (an old relay_core module must still match a new frames module).
@@ -73,6 +74,14 @@ cdef class FrameTracker:
         int _error_code
         str _error_reason
 
+        # The data message being read: its size against max_message_size, its UTF-8 with
+        # validate_utf8 (last, so the fields above keep their offsets).
+        uint64_t _max_message_size   # 0 = no limit
+        uint64_t _message_size       # its payload bytes so far (counted with a limit only)
+        bint _validate_utf8
+        bint _check_utf8             # it is uncompressed text, and validate_utf8 is on
+        wsp_utf8_stream _utf8        # an unfinished character at the end of its payload so far
+
     # feed() borrows the buffer, then _consume walks it; all "inline" methods are final.
     cdef int _consume(self, const uint8_t *data, Py_ssize_t size) except -1
     cdef inline int _first_byte(self, uint8_t byte) except -1
@@ -85,6 +94,11 @@ cdef class FrameTracker:
     # feed_to_frame(): _consume that stops where a frame (a Pong) begins. Last, so the methods
     # above keep their vtable slots.
     cdef Py_ssize_t _consume_to(self, const uint8_t *data, Py_ssize_t size, bint pong_only) except -1
+    # The message limits' rare paths (max_message_size, validate_utf8), out of line: a
+    # track-mode read pays a test or two per frame for them, none per byte without validate_utf8.
+    cdef int _message_too_big(self, uint64_t size) except -1
+    cdef int _payload_seen(self, const uint8_t *data, uint64_t size) except -1
+    cdef int _text_frame_done(self) except -1
 
 
 @cython.final

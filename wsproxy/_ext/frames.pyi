@@ -23,7 +23,8 @@ class FrameTracker:
     dead and every later ``feed`` raises the same error.
     """
 
-    def __init__(self, masked: bool, rsv_allowed: int = 0, max_frame_size: int = 0) -> None: ...
+    def __init__(self, masked: bool, rsv_allowed: int = 0, max_frame_size: int = 0,
+                 max_message_size: int = 0, validate_utf8: bool = False) -> None: ...
     def feed(self, data: _Bytes) -> None:
         """Advance over ``data`` (any chunking); raise ``FrameError`` on a violation."""
     def feed_to_frame(self, data: _Bytes, pong_only: bool = True) -> int:

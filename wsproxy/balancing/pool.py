@@ -138,6 +138,7 @@ class Pool:
         self._wants_key: bool = getattr(self.balancer, "wants_key", False)
         self.fallback: Balancer | None = self._fallback_balancer(config) if self._wants_key else None
         self.hash_fallbacks = 0
+        self.tls = None  # tls.MemberTls when the pool has tls (app.py builds it: it knows where the files are)
         self._key_table: MaglevHash | None = None  # for plugin hash keys on pools of other balancers
         self.sticky: StickyCookie | None = (
             StickyCookie(config.name, config.persist, self.members) if config.persist is not None else None

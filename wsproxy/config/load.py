@@ -16,14 +16,18 @@ from typing import Any, Callable, Iterable
 from wsproxy.config import units
 from wsproxy.config.schema import (
     Address,
+    CertConfig,
     Config,
     HealthConfig,
+    HstsConfig,
     ListenerConfig,
     MemberConfig,
+    MemberTlsConfig,
     PersistConfig,
     PluginConfig,
     PoolConfig,
     QueueConfig,
+    RateConfig,
     RebalanceConfig,
     ReconnectConfig,
     RouteConfig,
@@ -50,25 +54,32 @@ SERVER_KEYS = ("workers", "admin", "log_level", "log_format", "access_log", "sta
 LISTENER_KEYS = (
     "bind", "mode", "routes", "pool", "trusted_proxies", "head_timeout", "keepalive_timeout",
     "max_head_bytes", "max_headers", "max_uri_bytes", "tls", "redirect_https", "proxy_protocol",
-    "accept_proxy", "idle_timeout",
+    "accept_proxy", "idle_timeout", "max_conns", "max_conns_per_ip", "handshake_rate_per_ip",
+    "hsts",
 )
 ROUTE_KEYS = ("host", "path", "path_prefix", "pool", "allowed_origins", "relay", "ws_idle_timeout",
-              "ping_interval", "pong_timeout", "reconnect")
+              "ping_interval", "pong_timeout", "reconnect", "max_message_size", "max_frame_size", "validate_utf8")
 POOL_KEYS = (
     "balance", "hash_key", "members", "max_conns", "hash_fallback", "queue", "persist", "health",
     "proxy_protocol", "relay",
     "connect_timeout", "response_timeout", "retries", "fail_threshold", "down_time",
     "keepalive_conns", "keepalive_timeout", "ws_idle_timeout", "down_time_max", "slow_start", "drain_spread",
-    "rebalance", "ping_interval", "pong_timeout", "reconnect",
+    "rebalance", "ping_interval", "pong_timeout", "reconnect", "tls", "max_message_size", "max_frame_size",
+    "validate_utf8",
 )
 MEMBER_KEYS = ("addr", "weight", "max_conns")
-TLS_KEYS = ("cert", "key")
+TLS_KEYS = ("cert", "key", "certs", "handshake_timeout", "min_version", "ciphers")
+TLS_CERT_KEYS = ("cert", "key", "names")
+TLS_VERSIONS = ("1.2", "1.3")
+HSTS_KEYS = ("max_age", "include_subdomains", "preload")
+MEMBER_TLS_KEYS = ("ca", "verify", "sni", "cert", "key")
 PERSIST_KEYS = ("cookie", "secret", "max_age")
 QUEUE_KEYS = ("size", "timeout")
 HEALTH_KEYS = ("type", "path", "interval", "timeout", "rise", "fall", "status", "jitter")
 REBALANCE_KEYS = ("threshold", "rate", "max_fraction", "order", "auto")
 REBALANCE_ORDERS = ("oldest", "random")
 RECONNECT_KEYS = ("deadline", "buffer")
+RATE_KEYS = ("rate", "burst")
 PLUGIN_KEYS = ("path", "listeners", "options", "on_error", "runtime", "limits")
 PLUGIN_LIMIT_KEYS = ("memory", "instructions", "timeout")
 
@@ -322,6 +333,10 @@ def _origin(value: Any) -> str:
     like = 'expected an origin like "https://example.com" or "https://*.example.com"'
     if not isinstance(value, str):
         raise ValueError(f"{like}, got {describe(value)}")
+    if value.lower() == "null":
+        # The opaque origin (sandboxed frames, file: pages): an explicit opt-in, since any
+        # site can make one (README, Security).
+        return "null"
     match = _ORIGIN.fullmatch(value)
     if match is None:
         raise ValueError(f"{like} (scheme://host[:port], no path), got {quote(value)}")
@@ -475,7 +490,7 @@ def _read_listener(r: _Reader, name: str, table: dict) -> ListenerConfig:
     else:
         pool = r.value(table, "pool", path, _name_ref("pool", "tcpecho"),
                        required='the name of a pool, like "tcpecho" (tcp listeners name one pool)')
-        for http_only in ("routes", "redirect_https"):
+        for http_only in ("routes", "redirect_https", "handshake_rate_per_ip"):
             if http_only in table:
                 r.error(f"{path}.{http_only}", f'only applies to mode = "http"; this listener is mode = {quote(mode)}')
     if mode_ok and mode == "http" and "idle_timeout" in table:
@@ -500,10 +515,30 @@ def _read_listener(r: _Reader, name: str, table: dict) -> ListenerConfig:
         max_headers=r.value(table, "max_headers", path, _integer(1), d["max_headers"]),
         max_uri_bytes=r.value(table, "max_uri_bytes", path, _size(minimum=1), d["max_uri_bytes"]),
         tls=_read_tls(r, table, path),
+        hsts=_read_hsts(r, table, path, mode),
         redirect_https=r.value(table, "redirect_https", path, _https_url) if mode == "http" else None,
         proxy_protocol=r.value(table, "proxy_protocol", path, _choice(PROXY_PROTOCOLS)),
         accept_proxy=accept_proxy,
         idle_timeout=r.value(table, "idle_timeout", path, _duration(), d["idle_timeout"]),
+        max_conns=r.value(table, "max_conns", path, _integer(0), d["max_conns"]),
+        max_conns_per_ip=r.value(table, "max_conns_per_ip", path, _integer(0), d["max_conns_per_ip"]),
+        handshake_rate_per_ip=_read_rate(r, table, path, "handshake_rate_per_ip") if mode == "http" else None,
+    )
+
+
+def _read_rate(r: _Reader, table: dict, path: str, name: str) -> RateConfig | None:
+    """A token bucket ``{ rate = 20, burst = 40 }`` (per second); absent = off."""
+    if name not in table:
+        return None
+    rate_path = f"{path}.{name}"
+    raw = r.table(table[name], rate_path, "a table like { rate = 20, burst = 40 } (per second)")
+    if raw is None:
+        return None
+    d = defaults(RateConfig)
+    r.known_keys(raw, rate_path, RATE_KEYS)
+    return RateConfig(
+        rate=r.value(raw, "rate", rate_path, _fraction(0.001, 1000000.0), d["rate"]),
+        burst=r.value(raw, "burst", rate_path, _integer(1), d["burst"]),
     )
 
 
@@ -544,20 +579,167 @@ def _read_route(r: _Reader, table: dict, path: str, index: int, listener: str) -
         ping_interval=r.value(table, "ping_interval", path, _duration(allow_zero=True)),
         pong_timeout=r.value(table, "pong_timeout", path, _duration()),
         reconnect=_read_reconnect(r, table, path),
+        max_message_size=r.value(table, "max_message_size", path, _size(minimum=0)),
+        max_frame_size=r.value(table, "max_frame_size", path, _size(minimum=0)),
+        validate_utf8=r.value(table, "validate_utf8", path, _boolean),
         listener=listener,
     )
 
 
 def _read_tls(r: _Reader, table: dict, path: str) -> TlsConfig | None:
+    """A listener's ``tls``: ``{ cert, key }``, and/or ``certs = [{ cert, key, names }]`` (SNI).
+    The files themselves are loaded in validate.py (wsproxy/tls.py)."""
     if "tls" not in table:
         return None
-    tls = r.table(table["tls"], f"{path}.tls", 'a table like { cert = "site.pem", key = "site.key" }')
+    tls_path = f"{path}.tls"
+    tls = r.table(table["tls"], tls_path, 'a table like { cert = "site.pem", key = "site.key" }')
     if tls is None:
         return None
-    r.known_keys(tls, f"{path}.tls", TLS_KEYS)
-    cert = r.value(tls, "cert", f"{path}.tls", _string("site.pem"), required='a PEM file like "site.pem"')
-    private_key = r.value(tls, "key", f"{path}.tls", _string("site.key"), required='a PEM file like "site.key"')
-    return TlsConfig(cert, private_key) if cert and private_key else None
+    d = defaults(TlsConfig)
+    r.known_keys(tls, tls_path, TLS_KEYS)
+    if "redirect_https" in table and _valid(_https_url, table["redirect_https"]):  # a bad one is reported already
+        r.error(f"{path}.redirect_https", "a TLS listener serves https itself; redirect_https belongs on a "
+                                          "plain listener (expected one of tls or redirect_https)")
+    cert = private_key = None
+    if "certs" not in tls or "cert" in tls or "key" in tls:
+        cert = r.value(tls, "cert", tls_path, _string("site.pem"), required='a PEM file like "site.pem"')
+        private_key = r.value(tls, "key", tls_path, _string("site.key"), required='a PEM file like "site.key"')
+    certs = _read_tls_certs(r, tls, tls_path)
+    result = TlsConfig(
+        cert=cert,
+        key=private_key,
+        certs=certs,
+        handshake_timeout=r.value(tls, "handshake_timeout", tls_path, _duration(), d["handshake_timeout"]),
+        min_version=r.value(tls, "min_version", tls_path, _tls_version, d["min_version"]),
+        ciphers=r.value(tls, "ciphers", tls_path, _string("ECDHE+AESGCM"), d["ciphers"]),
+    )
+    return result if (cert and private_key) or certs else None
+
+
+def _read_tls_certs(r: _Reader, tls: dict, tls_path: str) -> tuple[CertConfig, ...]:
+    raw = tls.get("certs", _MISSING)
+    example = 'certs = [{ cert = "a.pem", key = "a.key", names = ["a.example.com"] }]'
+    if raw is _MISSING:
+        return ()
+    if not isinstance(raw, (list, tuple)) or not raw:
+        shown = "an empty array" if isinstance(raw, (list, tuple)) else describe(raw)
+        r.error(f"{tls_path}.certs", f"expected an array of certificates, like {example}, got {shown}")
+        return ()
+    certs = []
+    for index, item in enumerate(raw):
+        entry_path = f"{tls_path}.certs[{index}]"
+        entry = r.table(item, entry_path, '{ cert = "a.pem", key = "a.key", names = ["a.example.com"] }')
+        if entry is None:
+            continue
+        r.known_keys(entry, entry_path, TLS_CERT_KEYS)
+        cert = r.value(entry, "cert", entry_path, _string("a.pem"), required='a PEM file like "a.pem"')
+        private_key = r.value(entry, "key", entry_path, _string("a.key"), required='a PEM file like "a.key"')
+        names = r.items(entry, "names", entry_path, _sni_name, ())
+        if entry.get("names") == []:
+            r.error(f"{entry_path}.names", "empty; expected names like [\"a.example.com\", \"*.example.com\"], "
+                                           "or no names (the certificate's own DNS names)")
+        if cert and private_key:
+            certs.append(CertConfig(cert, private_key, names or ()))
+    return tuple(certs)
+
+
+def _sni_name(value: Any) -> str:
+    """An SNI name a certificate is chosen for: "a.example.com" or "*.example.com" (lowercased)."""
+    like = 'expected a host name like "a.example.com" or "*.example.com"'
+    if not isinstance(value, str):
+        raise ValueError(f"{like}, got {describe(value)}")
+    name = value.lower().rstrip(".")
+    bare = name[2:] if name.startswith("*.") else name
+    if _is_ip(bare) or _is_ip(bare.strip("[]")):
+        raise ValueError(f"clients send no IP address in SNI; {like}, got {quote(value)}")
+    if "*" in bare or not units.is_host_name(bare) or "." not in bare and name.startswith("*."):
+        raise ValueError(f'{like} (a wildcard only as the whole first label), got {quote(value)}')
+    return name
+
+
+def _valid(convert: Callable[[Any], Any], value: Any) -> bool:
+    try:
+        convert(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _tls_version(value: Any) -> str:
+    if isinstance(value, float) and not isinstance(value, bool):
+        value = f"{value:g}"  # min_version = 1.2 (a TOML float) means "1.2"
+    return _choice(TLS_VERSIONS)(value)
+
+
+def _read_hsts(r: _Reader, table: dict, path: str, mode: str) -> HstsConfig | None:
+    """``hsts = true`` (max_age 365d) or ``hsts = { max_age, include_subdomains, preload }``."""
+    if "hsts" not in table:
+        return None
+    hsts_path = f"{path}.hsts"
+    raw = table["hsts"]
+    if "tls" not in table:
+        r.error(hsts_path, "only applies to a TLS listener (one with tls = { cert, key }); browsers ignore "
+                           "Strict-Transport-Security over plain http")
+        return None
+    if mode != "http":
+        r.error(hsts_path, f'only applies to mode = "http"; this listener is mode = {quote(mode)}')
+        return None
+    if isinstance(raw, bool):
+        return HstsConfig() if raw else None
+    hsts = r.table(raw, hsts_path, 'true, or a table like { max_age = "365d", include_subdomains = true }')
+    if hsts is None:
+        return None
+    d = defaults(HstsConfig)
+    r.known_keys(hsts, hsts_path, HSTS_KEYS)
+    result = HstsConfig(
+        max_age=r.value(hsts, "max_age", hsts_path, _duration(allow_zero=True), d["max_age"]),
+        include_subdomains=r.value(hsts, "include_subdomains", hsts_path, _boolean, d["include_subdomains"]),
+        preload=r.value(hsts, "preload", hsts_path, _boolean, d["preload"]),
+    )
+    if result.preload and (not result.include_subdomains or result.max_age < 31536000):
+        r.error(f"{hsts_path}.preload", "the preload list (hstspreload.org) requires include_subdomains = true "
+                                        'and max_age of at least "365d"')
+    return result
+
+
+def _read_member_tls(r: _Reader, table: dict, path: str) -> MemberTlsConfig | None:
+    """A pool's ``tls``: ``true`` (verify with the system CAs) or ``{ ca, verify, sni, cert, key }``."""
+    if "tls" not in table:
+        return None
+    tls_path = f"{path}.tls"
+    raw = table["tls"]
+    if isinstance(raw, bool):
+        return MemberTlsConfig() if raw else None
+    tls = r.table(raw, tls_path, 'true, or a table like { ca = "members-ca.pem", sni = "api.internal" }')
+    if tls is None:
+        return None
+    d = defaults(MemberTlsConfig)
+    r.known_keys(tls, tls_path, MEMBER_TLS_KEYS)
+    cert = r.value(tls, "cert", tls_path, _string("client.pem"))
+    private_key = r.value(tls, "key", tls_path, _string("client.key"))
+    if cert and not private_key and "key" not in tls:
+        r.error(f"{tls_path}.key", 'missing; a client certificate needs its key, like key = "client.key"')
+    elif private_key and not cert and "cert" not in tls:
+        r.error(f"{tls_path}.cert", 'missing; a client key needs its certificate, like cert = "client.pem"')
+    verify = r.value(tls, "verify", tls_path, _boolean, d["verify"])
+    if not verify and "ca" in tls:
+        r.error(f"{tls_path}.ca", "verify = false checks nothing, so a CA is not used; expected no ca, or "
+                                  "verify = true")
+    return MemberTlsConfig(
+        ca=r.value(tls, "ca", tls_path, _string("members-ca.pem"), d["ca"]),
+        verify=verify,
+        sni=r.value(tls, "sni", tls_path, _member_sni, d["sni"]),
+        cert=cert,
+        key=private_key,
+    )
+
+
+def _member_sni(value: Any) -> str:
+    """The name sent in SNI to members and checked against their certificate."""
+    if not isinstance(value, str) or not units.is_host_name(value.rstrip(".")) or _is_ip(value):
+        shown = quote(value) if isinstance(value, str) else describe(value)
+        raise ValueError(f'expected a host name like "api.internal", got {shown}')
+    return value.lower().rstrip(".")
 
 
 def _read_pools(r: _Reader, raw: Any) -> dict[str, PoolConfig]:
@@ -607,6 +789,10 @@ def _read_pool(r: _Reader, name: str, table: dict) -> PoolConfig:
         ping_interval=r.value(table, "ping_interval", path, _duration(allow_zero=True), d["ping_interval"]),
         pong_timeout=r.value(table, "pong_timeout", path, _duration(), d["pong_timeout"]),
         reconnect=_read_reconnect(r, table, path),
+        tls=_read_member_tls(r, table, path),
+        max_message_size=r.value(table, "max_message_size", path, _size(minimum=0), d["max_message_size"]),
+        max_frame_size=r.value(table, "max_frame_size", path, _size(minimum=0), d["max_frame_size"]),
+        validate_utf8=r.value(table, "validate_utf8", path, _boolean, d["validate_utf8"]),
     )
 
 

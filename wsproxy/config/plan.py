@@ -16,6 +16,8 @@ from wsproxy.config.schema import (
     effective_keepalive,
     effective_reconnect,
     effective_ws_idle_timeout,
+    effective_ws_limits,
+    ws_limits,
 )
 from wsproxy.config.units import format_duration as dur
 from wsproxy.config.units import format_size as size
@@ -74,7 +76,7 @@ def _server_line(config: Config) -> str:
 def _listener_block(listener: ListenerConfig) -> list[str]:
     head = f"listener {listener.name}  {listener.bind}  {listener.mode}"
     if listener.tls:
-        head += f"  tls {listener.tls.cert}"
+        head += f"  tls {listener.tls.cert or listener.tls.certs[0].cert}"
     if listener.mode == "tcp":
         head += f"  -> pool {listener.pool}  idle {dur(listener.idle_timeout)}"
     if listener.proxy_protocol:
@@ -86,6 +88,9 @@ def _listener_block(listener: ListenerConfig) -> list[str]:
             f"  max_head {size(listener.max_head_bytes)}  max_headers {listener.max_headers}"
             f"  max_uri {size(listener.max_uri_bytes)}"
         )
+    lines.append("  " + _conn_limits(listener))
+    if listener.tls:
+        lines.append("  " + _tls_text(listener))
     if listener.redirect_https:
         lines.append(f"  redirect_https {listener.redirect_https}")
     if listener.trusted_proxies or listener.accept_proxy:
@@ -93,6 +98,44 @@ def _listener_block(listener: ListenerConfig) -> list[str]:
         accept = "  accept_proxy on" if listener.accept_proxy else ""
         lines.append(f"  trusted_proxies {trusted}{accept}")
     return lines
+
+
+def _conn_limits(listener: ListenerConfig) -> str:
+    """``conns  max 20000  per_ip off  handshakes/ip 20/s burst 40``: per worker process."""
+    def limit(n: int) -> str:
+        return str(n) if n else "off"
+    text = f"conns   max {limit(listener.max_conns)}  per_ip {limit(listener.max_conns_per_ip)}"
+    if listener.mode == "http":
+        rate = listener.handshake_rate_per_ip
+        text += f"  handshakes/ip {f'{rate.rate:g}/s burst {rate.burst}' if rate is not None else 'off'}"
+    return text + "  (per worker)"
+
+
+def _tls_text(listener: ListenerConfig) -> str:
+    """``tls  TLS 1.2+  handshake 10s  certs site.pem (default), b.pem [*.b.example]  hsts 365d``."""
+    tls = listener.tls
+    certs = [f"{tls.cert} (default)"] if tls.cert else []
+    for i, entry in enumerate(tls.certs):
+        names = ", ".join(entry.names) if entry.names else "its DNS names"
+        certs.append(f"{entry.cert} [{names}]" + (" (default)" if i == 0 and not tls.cert else ""))
+    text = f"tls     TLS {tls.min_version}+  handshake {dur(tls.handshake_timeout)}  certs {'; '.join(certs)}"
+    if tls.ciphers:
+        text += f"  ciphers {tls.ciphers}"
+    hsts = listener.hsts
+    if hsts is not None:
+        text += f"  hsts {dur(hsts.max_age)}" + ("  includeSubDomains" if hsts.include_subdomains else "") + (
+            "  preload" if hsts.preload else "")
+    return text
+
+
+def _member_tls_text(pool: PoolConfig) -> str:
+    """``tls to members: verify with ca.pem, sni api.internal, client cert c.pem``."""
+    tls = pool.tls
+    parts = ["verify off" if not tls.verify else f"verify with {tls.ca or 'the system CAs'}"]
+    parts.append(f"sni {tls.sni}" if tls.sni else "sni the member's host name")
+    if tls.cert:
+        parts.append(f"client cert {tls.cert}")
+    return "tls to members: " + ", ".join(parts)
 
 
 def _route_match(route: RouteConfig) -> str:
@@ -115,6 +158,9 @@ def _route_row(config: Config, route: RouteConfig, chain=None) -> Row:
     if interval:
         own = " (route)" if route.ping_interval is not None else ""
         row.append(f"ping {dur(interval)}/{dur(timeout)}{own}")
+    limits = _ws_limits_text(config, route, relay)
+    if limits:
+        row.append(limits)
     rc = effective_reconnect(config, route)
     if rc is not None:
         own = " (route)" if route.reconnect is not None else ""
@@ -126,6 +172,23 @@ def _route_row(config: Config, route: RouteConfig, chain=None) -> Row:
 
         row.append("plugins " + chain_summary(chain))
     return row
+
+
+def _ws_limits_text(config: Config, route: RouteConfig, relay: str) -> str:
+    """``max_message 64MiB  max_frame 1MiB  utf8 checked``: what a WebSocket may send, when
+    it is not the defaults ("" then)."""
+    limits = effective_ws_limits(config, route)
+    own = (route.max_message_size, route.max_frame_size, route.validate_utf8) != (None, None, None)
+    if not own and limits == ws_limits(route, None):
+        return ""  # the defaults (README: max_message_size 64MiB, no frame limit, no UTF-8 check)
+    if relay.startswith("raw"):
+        return "ws limits ignored (raw relay)"
+    text = "max_message " + (size(limits.max_message_size) if limits.max_message_size else "off")
+    if limits.max_frame_size:
+        text += f"  max_frame {size(limits.max_frame_size)}"
+    if limits.validate_utf8:
+        text += "  utf8 checked"
+    return text + (" (route)" if own else "")
 
 
 def _pool_block(pool: PoolConfig) -> list[str]:
@@ -160,6 +223,8 @@ def _pool_block(pool: PoolConfig) -> list[str]:
         extras.append(f"ping every {dur(pool.ping_interval)} pong within {dur(pool.pong_timeout)}")
     if pool.proxy_protocol:
         extras.append(f"proxy_protocol {pool.proxy_protocol}")
+    if pool.tls is not None:
+        extras.append(_member_tls_text(pool))
     if extras:
         lines.append("  " + "  ".join(extras))
     rb = pool.rebalance

@@ -38,9 +38,53 @@ class ServerConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class TlsConfig:
-    cert: str  # PEM file paths, as written
+class RateConfig:
+    """A token bucket per client IP: ``burst`` at once, refilled at ``rate`` per second."""
+
+    rate: float = 20.0
+    burst: int = 40
+
+
+@dataclass(frozen=True, slots=True)
+class CertConfig:
+    """One certificate of a TLS listener's ``certs`` list (wsproxy/tls.py picks it by SNI)."""
+
+    cert: str  # PEM file paths, as written (relative: next to the config file, else the working directory)
     key: str
+    names: tuple[str, ...] = ()  # SNI names, exact or "*.example.com"; () = the certificate's DNS names
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """A listener's TLS termination. The default certificate (no SNI, or a name no entry
+    has) is ``cert``/``key`` when set, else the first of ``certs``."""
+
+    cert: str | None = None  # PEM file paths, as written
+    key: str | None = None
+    certs: tuple[CertConfig, ...] = ()
+    handshake_timeout: float = 10.0  # a TLS handshake not done within this is closed
+    min_version: str = "1.2"  # "1.2" | "1.3"
+    ciphers: str | None = None  # OpenSSL cipher string (TLS 1.2); None = Python's modern default
+
+
+@dataclass(frozen=True, slots=True)
+class HstsConfig:
+    """Strict-Transport-Security on a TLS listener's HTTP responses."""
+
+    max_age: float = 31536000.0  # 365d
+    include_subdomains: bool = False
+    preload: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MemberTlsConfig:
+    """A pool's TLS to its members (``tls = true`` is all defaults)."""
+
+    ca: str | None = None  # PEM CA bundle; None = the system's CAs
+    verify: bool = True  # check the member's chain and name
+    sni: str | None = None  # None = the member's host when it is a name (an IP: no SNI, checked against the IP)
+    cert: str | None = None  # client certificate and key (mTLS), PEM
+    key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +100,9 @@ class RouteConfig:
     ping_interval: float | None = None  # None = the pool's ping_interval
     pong_timeout: float | None = None  # None = the pool's pong_timeout
     reconnect: ReconnectConfig | None = None  # None = the pool's reconnect
+    max_message_size: int | None = None  # None = the pool's max_message_size
+    max_frame_size: int | None = None  # None = the pool's max_frame_size
+    validate_utf8: bool | None = None  # None = the pool's validate_utf8
     listener: str = ""  # name of the listener holding this route (for labels)
 
     @property
@@ -82,10 +129,15 @@ class ListenerConfig:
     max_headers: int = 100  # 431 above this
     max_uri_bytes: int = 8192  # 414 above this
     tls: TlsConfig | None = None
+    hsts: HstsConfig | None = None  # TLS listeners only
     redirect_https: str | None = None  # "https://example.com": answer every request with a redirect
     proxy_protocol: str | None = None  # "v1" | "v2": send a PROXY header to members (tcp mode)
     accept_proxy: bool = False  # expect a PROXY v1/v2 header from peers in trusted_proxies
     idle_timeout: float = 3600.0  # tcp listeners: no byte either way for this long closes both sides
+    # Client connection limits (proxy/limits.py), per worker process; 0 = off.
+    max_conns: int = 20000  # connections open on this listener; over it a new one is closed at once
+    max_conns_per_ip: int = 0  # per client IP (NAT'd offices share one); over it closed at once
+    handshake_rate_per_ip: RateConfig | None = None  # WebSocket upgrades per client IP; over it 429
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +221,11 @@ class PoolConfig:
     ping_interval: float = 0.0  # the proxy pings both legs of a WebSocket this often; 0 = off
     pong_timeout: float = 10.0  # a leg that does not answer a ping within this is closed
     reconnect: ReconnectConfig | None = None  # None = off: a lost member means Close 1014
+    # WebSocket limits, both directions, track and inspect relays (a raw relay sees no frames):
+    max_message_size: int = 64 * 1024 * 1024  # a data message's payload, fragments added up; 0 = none (1009)
+    max_frame_size: int = 0  # one frame's payload; 0 = only the message limit applies (1009)
+    validate_utf8: bool = False  # text messages must be UTF-8 (1007); inspect routes always check
+    tls: MemberTlsConfig | None = None  # None = plain TCP to the members
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +281,33 @@ def effective_reconnect(config: Config, route: RouteConfig) -> ReconnectConfig |
         return route.reconnect
     pool = config.pools.get(route.pool)
     return pool.reconnect if pool is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class WsLimits:
+    """The message limits a route's WebSockets get (track and inspect relays)."""
+
+    max_message_size: int = 0  # 0 = no limit
+    max_frame_size: int = 0  # 0 = no limit
+    validate_utf8: bool = False
+
+
+def ws_limits(route: RouteConfig, pool: PoolConfig | None) -> WsLimits:
+    """A route's WebSocket limits: each the route's own, else its pool's."""
+    d = defaults(PoolConfig)
+
+    def pick(name: str):
+        own = getattr(route, name)
+        if own is not None:
+            return own
+        return getattr(pool, name) if pool is not None else d[name]
+
+    return WsLimits(pick("max_message_size"), pick("max_frame_size"), pick("validate_utf8"))
+
+
+def effective_ws_limits(config: Config, route: RouteConfig) -> WsLimits:
+    """A route's WebSocket limits, its pool looked up in ``config``."""
+    return ws_limits(route, config.pools.get(route.pool))
 
 
 def effective_proxy_protocol(listener: ListenerConfig, pool: PoolConfig) -> str | None:

@@ -28,7 +28,6 @@ NOT_SUPPORTED_YET: dict[str, str] = {
         "cluster-wide shared state is not supported yet (workers of one node share state in memory); "
         "remove the key"
     ),
-    "listener.tls": "TLS is not supported yet (it arrives with issue #7); remove the key",
 }
 
 
@@ -106,9 +105,21 @@ def no_such(kind: str, name: str, existing: Iterable[str], table: str) -> str:
 
 
 def check_config(config: Config) -> list[ConfigError]:
-    """Every cross-section problem, then every use of a feature that has not landed yet."""
+    """Every cross-section problem, the TLS files (each loaded once), then every use of a
+    feature that has not landed yet."""
     return [*_check_references(config), *_check_binds(config), *_check_keepalive(config),
-            *_check_reconnect(config), *_check_not_supported(config)]
+            *_check_ws_limits(config), *_check_reconnect(config), *_check_tls(config),
+            *_check_not_supported(config)]
+
+
+def _check_tls(config: Config) -> list[ConfigError]:
+    """Every certificate, key and CA file loaded once into an SSLContext (wsproxy/tls.py),
+    so a file that would fail at start or reload fails here, named with its key path."""
+    if not any(l.tls for l in config.listeners.values()) and not any(p.tls for p in config.pools.values()):
+        return []
+    from wsproxy.tls import check_tls  # ssl (and socket) only when TLS is configured
+
+    return check_tls(config, key)
 
 
 def _check_references(config: Config) -> Iterator[ConfigError]:
@@ -159,6 +170,24 @@ def _check_keepalive(config: Config) -> Iterator[ConfigError]:
                                   'keep-alive pings need relay = "track" or "inspect" (a raw relay does '
                                   "not see frames, so it cannot put a ping between two); expected "
                                   "ping_interval = 0 or another relay")
+
+
+WS_LIMIT_KEYS = ("max_message_size", "max_frame_size", "validate_utf8")
+
+
+def _check_ws_limits(config: Config) -> Iterator[ConfigError]:
+    """A route that sets a WebSocket limit itself cannot be raw: a raw relay does not see
+    frames, so it can neither measure messages nor read text. (A pool's limits are only not
+    applied on its raw routes, with a warning when the first WebSocket of one opens.)"""
+    for name, listener in config.listeners.items():
+        for route in listener.routes:
+            if route.pool not in config.pools or effective_relay(config, route) != "raw":
+                continue
+            for field_name in WS_LIMIT_KEYS:
+                if getattr(route, field_name):  # None (the pool's), 0 and false ask for nothing
+                    yield ConfigError(f"{key('listeners', name)}.routes[{route.index}].{field_name}",
+                                      'WebSocket limits need relay = "track" or "inspect" (a raw relay does '
+                                      f"not see frames); expected no {field_name} on this route or another relay")
 
 
 _RECONNECT_RAW = ('reconnect needs relay = "track" (the replay starts at a frame boundary, and a raw '

@@ -7,10 +7,9 @@ the connection is closed right after. The round trip recorded is request to stat
 
 from __future__ import annotations
 
-import asyncio
 import time
 
-from wsproxy.health.probe import CheckFailed, Probe, close_quietly
+from wsproxy.health.probe import CheckFailed, Probe, close_quietly, connect
 
 USER_AGENT = "wsproxy-health"
 
@@ -35,9 +34,10 @@ def passes(status: int, wanted: tuple[int, ...]) -> bool:
     return status in wanted if wanted else 200 <= status < 400
 
 
-async def run(addr, health, probe: Probe) -> None:
+async def run(addr, health, probe: Probe, tls=None) -> None:
+    """``tls``: the pool's tls.MemberTls; the check then speaks TLS (its handshake is in "connect")."""
     probe.phase = "connect"
-    reader, writer = await asyncio.open_connection(addr.host, addr.port)
+    reader, writer = await connect(addr, tls)
     try:
         probe.phase = "response"
         started = time.perf_counter_ns()

@@ -8,6 +8,8 @@ timeout's reason says where the member stalled ("timeout (pong)").
 
 from __future__ import annotations
 
+import asyncio
+
 
 class CheckFailed(Exception):
     """A check's verdict against the member, with a reason short enough for a log line."""
@@ -19,6 +21,15 @@ class Probe:
     def __init__(self) -> None:
         self.phase = "connect"
         self.rtt_us = -1  # the check's round trip, in µs; -1 = none measured
+
+
+async def connect(addr, tls=None):
+    """(reader, writer) to the member at ``addr``; over TLS with ``tls`` (a tls.MemberTls:
+    the pool's context, SNI and name check, as member connections use)."""
+    if tls is None:
+        return await asyncio.open_connection(addr.host, addr.port)
+    return await asyncio.open_connection(addr.host, addr.port, ssl=tls.context,
+                                         server_hostname=tls.server_hostname(addr.host))
 
 
 async def close_quietly(writer) -> None:

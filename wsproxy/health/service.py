@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import random
+import ssl
 import time
 from typing import Callable
 
@@ -36,8 +37,9 @@ from wsproxy.node.table import (
     NodeTable,
     now_ms,
 )
+from wsproxy.tls import describe_error, member_tls
 
-# health.type -> the check's run(addr, health, probe)
+# health.type -> the check's run(addr, health, probe, tls=None)
 CHECKS: dict[str, Callable] = {"tcp": tcp.run, "http": http.run, "ws": ws.run}
 
 UP, DOWN = "up", "down"
@@ -68,6 +70,7 @@ class HealthService:
         self.rng = rng or random.Random()
         self._watches: dict[tuple[str, str], _Watch] = {}
         self._stopping: set[asyncio.Task] = set()  # tasks of watches removed by update()
+        self._tls: dict = {}  # pool name -> tls.MemberTls (_pool_tls), set by start() and update()
         self._started = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -75,6 +78,7 @@ class HealthService:
     def start(self) -> None:
         """Start a task per (pool, member) with checks; call it in the running loop."""
         self._started = True
+        self._tls = self._pool_tls(self.config)
         for key, (col, addr, health) in self._wanted(self.config).items():
             watch = self._watches.get(key)
             if watch is None:
@@ -108,6 +112,7 @@ class HealthService:
                 watch.task.add_done_callback(self._stopping.discard)
             if self.table.ctrl(watch.col, HEALTH) == HEALTH_DOWN:
                 self._set_up(watch.col)
+        self._tls = self._pool_tls(config)
         for key, (col, addr, health) in wanted.items():
             watch = self._watches.get(key)
             if watch is not None:
@@ -145,6 +150,14 @@ class HealthService:
                 wanted[(pool.name, addr)] = (self.table.member_slot(pool.name, addr), member.addr, pool.health)
         return wanted
 
+    @staticmethod
+    def _pool_tls(config) -> dict:
+        """pool name -> tls.MemberTls, for the http and ws checks of pools with ``tls`` (a tcp
+        check only connects: TLS would prove nothing more about the member's port)."""
+        return {pool.name: member_tls(pool.tls, config.source, f"pools.{pool.name}.tls")
+                for pool in config.pools.values()
+                if pool.health is not None and pool.health.type != "tcp" and pool.tls is not None}
+
     def _start(self, key: tuple[str, str], col: int, addr, health) -> None:
         watch = _Watch(key[0], addr, col, health)
         # A member starts up, whatever an earlier watch of the same column left behind.
@@ -165,11 +178,13 @@ class HealthService:
             error: str | None = None
             try:
                 async with asyncio.timeout(health.timeout):
-                    await CHECKS[health.type](watch.addr, health, probe)
+                    await CHECKS[health.type](watch.addr, health, probe, tls=self._tls.get(watch.pool))
             except TimeoutError:
                 error = f"timeout ({probe.phase})"
             except CheckFailed as exc:
                 error = str(exc)
+            except ssl.SSLError as exc:
+                error = describe_error(exc)
             except OSError as exc:
                 error = _os_reason(exc)
             except Exception as exc:  # noqa: BLE001 - a check's bug must not end the checks

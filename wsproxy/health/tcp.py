@@ -11,7 +11,8 @@ import time
 from wsproxy.health.probe import Probe, close_quietly
 
 
-async def run(addr, health, probe: Probe) -> None:
+async def run(addr, health, probe: Probe, tls=None) -> None:
+    """``tls`` is ignored: a tcp check proves the port accepts connections, nothing more."""
     probe.phase = "connect"
     started = time.perf_counter_ns()
     _reader, writer = await asyncio.open_connection(addr.host, addr.port)

@@ -26,7 +26,7 @@ import time
 from wsproxy._speedups import FrameReader, build_close, build_frame
 from wsproxy.errors import FrameError, HandshakeError, HttpError
 from wsproxy.health.http import USER_AGENT
-from wsproxy.health.probe import CheckFailed, Probe, close_quietly
+from wsproxy.health.probe import CheckFailed, Probe, close_quietly, connect
 from wsproxy.protocol import http1
 from wsproxy.protocol.frames import OP_CLOSE, OP_PING, OP_PONG, parse_close_payload
 from wsproxy.protocol.handshake import check_server_accept
@@ -41,9 +41,10 @@ def handshake_request(addr, path: str, key: str) -> bytes:
     ).encode("latin-1")
 
 
-async def run(addr, health, probe: Probe) -> None:
+async def run(addr, health, probe: Probe, tls=None) -> None:
+    """``tls``: the pool's tls.MemberTls; the check then speaks TLS (its handshake is in "connect")."""
     probe.phase = "connect"
-    reader, writer = await asyncio.open_connection(addr.host, addr.port)
+    reader, writer = await connect(addr, tls)
     try:
         probe.phase = "handshake"
         key = base64.b64encode(os.urandom(16)).decode("ascii")

@@ -108,7 +108,8 @@ class _FrameParser:
     Headers are read byte by byte (a header may split anywhere, even inside the extended length
     or the mask key) and each rule is checked as soon as the bytes it needs have arrived.
     Payload is skipped by counting; only a Close frame's payload is collected (``_collect``), to
-    check its code. The reader takes its frames' bytes from the chunks fed instead.
+    check its code, and, on a tracker with ``validate_utf8``, a text message's payload is looked
+    at (``_collect`` too) for its UTF-8. The reader takes its frames' bytes from the chunks fed.
     """
 
     __slots__ = (
@@ -116,15 +117,19 @@ class _FrameParser:
         "_fin", "_opcode", "_rsv", "_has_mask", "_need", "_length", "_head_len", "_remaining",
         "_collect", "_key", "_payload", "_fragmented",
         "_frames", "_messages", "_close_code", "_bytes_in", "_frame_start", "_error", "_out",
+        "_max_message_size", "_message_size", "_validate_utf8", "_check_utf8", "_utf8_tail",
     )  # fmt: skip
 
     _collect_all = False  # class constant: the reader makes a Frame of every frame
 
-    def __init__(self, masked: bool | None, rsv_allowed: int, max_frame_size: int) -> None:
+    def __init__(self, masked: bool | None, rsv_allowed: int, max_frame_size: int,
+                 max_message_size: int = 0, validate_utf8: bool = False) -> None:
         if rsv_allowed & ~RSV_BITS:
             raise ValueError(f"rsv_allowed must be a subset of 0x70, not {rsv_allowed:#x}")
         if max_frame_size < 0:
             raise ValueError("max_frame_size must be >= 0 (0 = no limit)")
+        if max_message_size < 0:
+            raise ValueError("max_message_size must be >= 0 (0 = no limit)")
         self._masked = masked  # None (reader only): either is accepted
         self._rsv_allowed = rsv_allowed
         self._max_frame_size = max_frame_size
@@ -150,6 +155,12 @@ class _FrameParser:
         self._frame_start = 0
         self._error: tuple[int, str] | None = None
         self._out: list[Frame] = []
+        # the data message being read (FrameTracker's max_message_size and validate_utf8)
+        self._max_message_size = max_message_size
+        self._message_size = 0  # its payload bytes so far (counted with a limit only)
+        self._validate_utf8 = bool(validate_utf8)
+        self._check_utf8 = False  # it is uncompressed text, and validate_utf8 is on
+        self._utf8_tail = b""  # an unfinished character at the end of its payload so far
 
     # Read-only results (the C twin exposes the same as properties).
     @property
@@ -207,7 +218,7 @@ class _FrameParser:
             if state == _PAYLOAD:
                 take = min(self._remaining, end - pos)
                 if self._collect:
-                    self._payload += data[pos : pos + take]
+                    self._payload_seen(data[pos : pos + take])
                 pos += take
                 self._remaining -= take
                 if not self._remaining:
@@ -263,6 +274,11 @@ class _FrameParser:
         self._opcode = opcode
         self._rsv = rsv
         self._collect = opcode == OP_CLOSE
+        if self._validate_utf8 and opcode < OP_CLOSE:
+            if opcode != OP_CONT:  # a message begins
+                self._check_utf8 = opcode == OP_TEXT and not rsv & 0x40  # deflated: not UTF-8 yet
+                self._utf8_tail = b""
+            self._collect = self._check_utf8
         self._state = _HEAD1
 
     def _second_byte(self, byte: int) -> None:
@@ -292,6 +308,11 @@ class _FrameParser:
             self._fail(1002, "64-bit length with the top bit set")
         if self._max_frame_size and length > self._max_frame_size:
             self._fail(1009, f"frame of {length} bytes over the {self._max_frame_size} byte limit")
+        if self._max_message_size and self._opcode < OP_CLOSE:  # control frames do not count
+            size = length if self._opcode != OP_CONT else self._message_size + length
+            if size > self._max_message_size:
+                self._fail(1009, f"message of at least {size} bytes over the {self._max_message_size} byte limit")
+            self._message_size = size
         self._remaining = length
         if self._has_mask:
             self._head_len += 4
@@ -309,19 +330,34 @@ class _FrameParser:
         else:
             self._end_frame()
 
+    def _payload_seen(self, piece: bytes | bytearray | memoryview) -> None:
+        """Payload bytes of a frame with ``_collect``: a Close frame's are kept; a checked
+        text frame's are unmasked, if need be, and go through the UTF-8 check (1007)."""
+        if self._opcode == OP_CLOSE:
+            self._payload += piece
+            return
+        if self._has_mask:  # the key stream goes on from the payload bytes before this piece
+            piece = apply_mask(piece, self._key, self._length - self._remaining)
+        tail = _utf8_unfinished_tail(self._utf8_tail + bytes(piece))
+        if tail is None:
+            self._fail(1007, "invalid UTF-8 in a text message")
+        self._utf8_tail = tail
+
     def _end_frame(self) -> None:
         opcode = self._opcode
-        if self._collect:  # a Close frame
+        if self._collect and opcode != OP_CLOSE:  # a checked text frame
+            if self._fin and self._utf8_tail:  # the message ends inside a character
+                self._fail(1007, "invalid UTF-8 in a text message")
+        elif self._collect:  # a Close frame
             payload = bytes(self._payload)
             if self._has_mask:
                 payload = apply_mask(payload, self._key)
-            if opcode == OP_CLOSE:
-                try:
-                    code, _ = parse_close_payload(payload)
-                except FrameError as exc:
-                    self._fail(exc.close_code, exc.reason)
-                if self._close_code < 0:  # the first Close is the one that counts
-                    self._close_code = code
+            try:
+                code, _ = parse_close_payload(payload)
+            except FrameError as exc:
+                self._fail(exc.close_code, exc.reason)
+            if self._close_code < 0:  # the first Close is the one that counts
+                self._close_code = code
         if opcode < OP_CLOSE:
             self._fragmented = not self._fin
             if self._fin:
@@ -347,12 +383,19 @@ class FrameTracker(_FrameParser):
     ``masked`` is True for client-to-server traffic (every frame must be masked) and False for
     server-to-client (none may be). ``rsv_allowed`` holds the RSV bits the handshake negotiated
     (0x40 with permessage-deflate). ``max_frame_size`` > 0 caps each frame's payload (1009).
+    ``max_message_size`` > 0 caps a data message's payload, its fragments added up (control
+    frames do not count; 1009). Both are checked as soon as a frame's length is known, so the
+    frame that would go over is refused before any of its payload. With ``validate_utf8``
+    the payload of text messages is checked as it passes, across fragments and feeds
+    (1007, as soon as a byte makes the text invalid); a compressed message (RSV1) is not
+    checked: it is UTF-8 only once inflated. Payloads are read for nothing else.
     """
 
     __slots__ = ()
 
-    def __init__(self, masked: bool, rsv_allowed: int = 0, max_frame_size: int = 0) -> None:
-        super().__init__(bool(masked), rsv_allowed, max_frame_size)
+    def __init__(self, masked: bool, rsv_allowed: int = 0, max_frame_size: int = 0,
+                 max_message_size: int = 0, validate_utf8: bool = False) -> None:
+        super().__init__(bool(masked), rsv_allowed, max_frame_size, max_message_size, validate_utf8)
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Advance over ``data`` (any chunking); raise ``FrameError`` on a violation."""
@@ -381,7 +424,7 @@ class FrameTracker(_FrameParser):
             if state == _PAYLOAD:
                 take = min(self._remaining, end - pos)
                 if self._collect:
-                    self._payload += data[pos : pos + take]
+                    self._payload_seen(data[pos : pos + take])
                 pos += take
                 self._remaining -= take
                 if not self._remaining:

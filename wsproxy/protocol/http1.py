@@ -10,7 +10,9 @@ Rules on top of llhttp, which runs without any leniency:
 - **Our own framing checks**, independent of llhttp: CL with TE, more than one CL, a CL that is
   not digits, a TE whose final coding is not ``chunked``, TE in HTTP/1.0. Requests also need
   exactly one Host (none is fine on HTTP/1.0), HTTP/1.0 or 1.1, and no body on an upgrade
-  (llhttp would hand the body over as upgraded bytes). A head is checked after ``feed_data``
+  (llhttp would hand the body over as upgraded bytes). Responses need a status of 100 or
+  more and a reason phrase without control characters (llhttp takes any three digits, and
+  CTLs in the reason; the proxy could not write either on). A head is checked after ``feed_data``
   returns and before llhttp sees any body byte.
 - **Exact message boundaries.** Head and Content-Length bodies are fed in steps that end on
   message boundaries. A chunked body is fed up to the last CRLFCRLF in the data (the only place
@@ -67,6 +69,9 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE_CHAR = re.compile(r"[\x00\r\n]")
 _BAD_TARGET_CHAR = re.compile(r"[\x00-\x20\x7f]")
 _DIGITS = re.compile(r"[0-9]+")
+# reason-phrase = *( HTAB / SP / VCHAR / obs-text ) (RFC 9112 §4); llhttp lets control
+# characters through, and a NUL, say, could not be written on to the client.
+_BAD_REASON_BYTE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _NO_BODY_STATUSES = frozenset({204, 304})
 
 
@@ -589,6 +594,10 @@ class ResponseParser(_Parser):
             raise HttpError(502, f"member answered with HTTP/{raw.version}")
         if problem:
             raise HttpError(502, f"response from member: {problem}")
+        if raw.status < 100:  # llhttp takes any three digits; 0xx would pass as interim
+            raise HttpError(502, f"response from member: invalid status code {raw.status:03d}")
+        if _BAD_REASON_BYTE.search(raw.start_line):
+            raise HttpError(502, "response from member: control character in the reason phrase")
         try:
             content_length, chunked = _framing(headers, names, raw.version, request=False)
         except ValueError as exc:

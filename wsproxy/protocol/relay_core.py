@@ -230,7 +230,10 @@ class RelayCore:
         if ep.closed or transport is None or transport.is_closing():
             return leg  # its events still reach the Endpoint
         transport.set_protocol(leg)
-        transport.set_write_buffer_limits(0, 0)  # may call leg.pause_writing() right away
+        # "Pause while anything is buffered" (may call leg.pause_writing() right away). A TLS
+        # transport pauses at the high-water mark, a plain one above it: (0, 0) would pause
+        # a TLS one for good after a write, so it gets (1, 0).
+        transport.set_write_buffer_limits(0 if transport.get_extra_info("sslcontext") is None else 1, 0)
         if transport.get_write_buffer_size() and not leg.pending:
             leg.pause_writing()  # it was paused under the old limits and has not drained
         return leg

@@ -36,3 +36,8 @@ class ListenerContext:
     state: ProxyState
     proto: str = "http"
     plugins: object = None  # scripting.PluginChain of this listener, or None (no plugin applies)
+    tls: object = None  # tls.Terminator of a TLS listener (this generation's certificates), or None
+    hsts: tuple = ()  # (("Strict-Transport-Security", value),) on a TLS listener with hsts, else ()
+    # proxy.limits.ListenerLimits of the listener's bind: one per bind, shared by every
+    # generation (a reload keeps the live counts); None = no limits (tests)
+    limits: object = None

@@ -25,7 +25,7 @@ from wsproxy._speedups import rewrite_head
 from wsproxy.protocol.forwarding import _CLIENT_CLAIMS, HOP_BY_HOP, forwarding_plan, hop_by_hop_names
 from wsproxy.proxy.endpoint import DISCARD
 from wsproxy.proxy.timers import wait_until
-from wsproxy.proxy.upstream import connect_to_pool
+from wsproxy.proxy.upstream import connect_to_pool, park_key
 
 _REQUEST_DROP = HOP_BY_HOP | _CLIENT_CLAIMS  # the usual request: untrusted peer, plain Connection
 _CLIENT = "client"
@@ -423,7 +423,8 @@ class HttpExchange:
         # A connection that began with a PROXY header names this client: never park it.
         if reusable and self.proxy_protocol is None and not ep.closed and not self.session.ctx.state.draining:
             cfg = self.pool.config
-            self.session.ctx.state.idle.put(up.member.addr, ep, cfg.keepalive_conns, cfg.keepalive_timeout)
+            self.session.ctx.state.idle.put(park_key(up.pool, up.member), ep, cfg.keepalive_conns,
+                                            cfg.keepalive_timeout)
         else:
             ep.sink = DISCARD
             ep.abort()
@@ -549,6 +550,9 @@ class HttpExchange:
         elif not client_11:
             tail.append(("Connection", "keep-alive"))
         tail += self.sticky_headers()
+        hsts = self.session.ctx.hsts
+        if hsts and rh.get("strict-transport-security") is None:  # a member's own policy wins
+            tail += hsts
         self._to_client(http1.response_head_for_client(rh, tail))
         if not self.head_future.done():
             self.head_future.set_result(rh)

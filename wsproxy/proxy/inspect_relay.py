@@ -15,6 +15,14 @@ Whatever is forwarded goes through the track-mode core (RelayCore.on_data with t
 direction's FrameTracker), so closing handshakes, Close injection at frame boundaries,
 violations (1002/1007/1009), counters and the idle timeout work exactly as in track mode.
 
+Limits (the route's ``max_message_size``, ``max_frame_size``, ``validate_utf8``): a frame is
+refused (1009) from its header, before it is buffered, when it is over ``max_frame_size`` or
+over the message limit; a message, by the assembler (WS_MESSAGE routes) or else by the core's
+trackers, which also check UTF-8 when the route asks (the assembler always does). Inspect mode
+buffers whole frames and messages, so a ``max_message_size`` of 0 still means MAX_MESSAGE here.
+A violation closes as in track mode (proxy/relay.py), except that the member's answer to our
+1001 is not waited for: it would reach the client without passing the plugins.
+
 permessage-deflate is stripped from the handshake on inspect routes (websocket.py), so
 plugins see plaintext and no compression state has to be kept valid across a replace: the
 simple, always-correct choice, paid for in bandwidth only on inspected routes.
@@ -32,7 +40,8 @@ from wsproxy.protocol.frames import OP_CLOSE, OP_PONG, parse_close_payload
 from wsproxy.scripting.events import OPCODES
 from wsproxy.proxy import keepalive
 from wsproxy.protocol.relay_core import LEG_CLIENT, LEG_MEMBER
-from wsproxy.proxy.relay import CLIENT, MEMBER, PROXY, WsRelay
+from wsproxy.config.schema import WsLimits
+from wsproxy.proxy.relay import CLIENT, MEMBER, NO_LIMITS, PROXY, WsRelay
 
 __all__ = ["InspectRelay"]
 
@@ -46,29 +55,34 @@ class _Direction:
 
     __slots__ = ("dir", "reader", "assembler", "frames_hooked", "messages_hooked", "mask", "source", "fragmented")
 
-    def __init__(self, dir: str, masked: bool, rsv: int, chain, source) -> None:
+    def __init__(self, dir: str, masked: bool, rsv: int, chain, source, limits: WsLimits) -> None:
         self.dir = dir
         self.mask = masked  # frames we build for this direction are masked (to the member)
         self.source = source  # the endpoint these frames come from
         self.fragmented = False  # what went on so far ends inside a fragmented message
-        self.reader = _speedups.FrameReader(masked=masked, rsv_allowed=rsv)
+        # The protocol's limits, not the handlers' max_message_size filters: a bigger message
+        # skips those handlers (the chain checks the filter) and still passes.
+        message_limit = limits.max_message_size or MAX_MESSAGE
+        frame_limit = min(limits.max_frame_size or message_limit, message_limit)
+        self.reader = _speedups.FrameReader(masked=masked, max_size=frame_limit, rsv_allowed=rsv)
         self.frames_hooked = bool(chain is not None and chain.hooks("WS_FRAME", dir))
         self.messages_hooked = bool(chain is not None and chain.hooks("WS_MESSAGE", dir))
-        # The protocol's limit, not the handlers' max_message_size filters: a bigger message
-        # skips those handlers (the chain checks the filter) and still passes.
-        self.assembler = (_speedups.MessageAssembler(max_size=MAX_MESSAGE, validate_utf8=True)
+        self.assembler = (_speedups.MessageAssembler(max_size=message_limit, validate_utf8=True)
                           if self.messages_hooked else None)
 
 
 class InspectRelay(WsRelay):
     __slots__ = ("plugins", "c2m", "m2c")
 
-    def __init__(self, client, member, *, rsv: int, idle_timeout: float, sweeper=None, plugins=None) -> None:
-        super().__init__(client, member, mode="track", rsv=rsv, idle_timeout=idle_timeout, sweeper=sweeper)
+    def __init__(self, client, member, *, rsv: int, idle_timeout: float, sweeper=None, plugins=None,
+                 limits: WsLimits | None = None) -> None:
+        limits = limits or NO_LIMITS
+        super().__init__(client, member, mode="track", rsv=rsv, idle_timeout=idle_timeout, sweeper=sweeper,
+                         limits=limits)
         self.plugins = plugins  # plugin_hooks.ConnectionPlugins, or None (relay = "inspect" alone)
         chain = plugins.chain if plugins is not None else None
-        self.c2m = _Direction(_TO_MEMBER, True, rsv, chain, client)
-        self.m2c = _Direction(_TO_CLIENT, False, rsv, chain, member)
+        self.c2m = _Direction(_TO_MEMBER, True, rsv, chain, client, limits)
+        self.m2c = _Direction(_TO_CLIENT, False, rsv, chain, member, limits)
 
     def attach(self) -> None:
         """Stay on the endpoints' data_received path: every read is parsed in Python anyway,
@@ -215,14 +229,25 @@ class InspectRelay(WsRelay):
         super().on_data(d.source, data)
 
     def _violation(self, d: _Direction, exc: FrameError) -> None:
-        """A frame or message broke the protocol: the violation's Close to both peers."""
-        side = CLIENT if d is self.c2m else MEMBER
-        self._violation_seen(side, exc)
-        if d is self.c2m:
+        """A frame or message broke the protocol: the violation's Close to its sender, 1001
+        (the client's violation) or 1011 (the member's) to the other side. What went on so
+        far is whole frames, so both streams are at a frame boundary."""
+        from_client = d is self.c2m
+        first = self._violation_seen(CLIENT if from_client else MEMBER, exc)
+        if from_client:
             self.c2u_broken = True
         else:
             self.u2c_broken = True
-        self.close_both(exc.close_code, exc.reason[:100])
+        if not first:
+            self._shut(self.client if from_client else self.member)
+        elif from_client:
+            self._fail_client(exc, member_at_boundary=True)
+        else:
+            self._fail_member(exc, client_at_boundary=True)
+
+    def _member_may_answer(self) -> bool:
+        """Never here: the member's answer would bypass the plugins (see the module docstring)."""
+        return False
 
 
 class _Replaced:

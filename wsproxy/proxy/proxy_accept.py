@@ -8,8 +8,9 @@ saying who the client is. Only peers in the listener's ``trusted_proxies`` may d
   missing one is logged and the connection closed. The header's source address replaces
   the client address everywhere (X-Forwarded-For, the access log, source_ip hashing):
   ``endpoint.peer`` becomes it, ``endpoint.real_peer`` keeps the TCP peer. A v2 ``LOCAL``
-  or a v1 ``UNKNOWN`` header (the balancer's health checks) keeps the real peer. Then the
-  session (HTTP or tcp) starts and gets the bytes that followed the header.
+  or a v1 ``UNKNOWN`` header (the balancer's health checks) keeps the real peer. The header's
+  client is the one ``max_conns_per_ip`` counts. Then the session (HTTP or tcp) starts and
+  gets the bytes that followed the header.
 - anyone else is served as a direct client, and its session starts at once (a tcp
   protocol where the server speaks first must not wait). Its first bytes are held only
   while they could still be the start of a PROXY header (at most 11 bytes); if they are
@@ -24,6 +25,7 @@ import logging
 
 from wsproxy.logs import event
 from wsproxy.protocol.proxy_header import ProxyHeaderError, ProxyHeaderReader, looks_like_proxy_header
+from wsproxy.proxy.limits import client_key, refused_connection
 
 
 def _unmapped(ip: str) -> str:
@@ -75,6 +77,8 @@ class ProxyAccept:
         if info.source is not None:
             ep.peer = (_unmapped(info.source[0]), info.source[1])
             ep.local = (_unmapped(info.dest[0]), info.dest[1])
+            if not self._count_client(ep):
+                return
         event(logging.DEBUG, "PROXY header accepted", listener=self.ctx.config.name,
               peer=_fmt(ep.real_peer), client=ep.address, version=info.version, command=info.command,
               family=info.family)
@@ -84,6 +88,21 @@ class ProxyAccept:
         leftover = self.reader.leftover
         if leftover and not ep.closed:
             session.on_data(ep, leftover)
+
+    def _count_client(self, ep) -> bool:
+        """max_conns_per_ip counts the client the header names (the balancer itself was not
+        counted per IP at accept: app.py); False when that client is over it (closed)."""
+        limits = getattr(ep, "limits", None)
+        if limits is None:
+            return True
+        key = client_key(ep.peer[0])
+        refused = limits.open_ip(key)
+        if refused is not None:
+            refused_connection(self.ctx, limits, refused, ep.address)
+            ep.abort()
+            return False
+        ep.limit_key = key
+        return True
 
     def _reject(self, reason: str) -> None:
         """Log, then close the connection (and end the session of an untrusted peer)."""

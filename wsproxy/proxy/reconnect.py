@@ -288,7 +288,7 @@ class ReconnectRelay(WsRelay):
         # The old tracker is retired (a new member starts a new stream): probe it with an
         # empty text frame, which it refuses inside a fragmented message.
         self.frames_out_before += old.frames
-        self.u2c = _speedups.FrameTracker(False, self.rsv)
+        self.u2c = self.new_tracker(False)
         try:
             old.feed(b"\x81\x00")
         except FrameError:
@@ -442,7 +442,7 @@ class ReconnectRelay(WsRelay):
             pass
         transport = ep.transport
         transport.set_protocol(leg)
-        transport.set_write_buffer_limits(0, 0)
+        transport.set_write_buffer_limits(0 if transport.get_extra_info("sslcontext") is None else 1, 0)  # (TLS: 1)
         if transport.get_write_buffer_size() and not leg.pending:
             leg.pause_writing()
         ep.resume_all_reading()

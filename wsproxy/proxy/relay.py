@@ -13,9 +13,16 @@ sent that way. The proxy injects a Close of its own only at a frame boundary:
 - the client disappears without a Close           -> masked Close 1001 to the member;
 - shutdown / drain                                 -> Close 1001 to both;
 - the ws idle timeout                              -> Close 1001 to both;
-- a protocol violation on either side             -> the violation's code (1002, 1007, 1009):
-  the frames before the bad one are still delivered; a client's violation goes to the
-  member first, whose answer (and Close) reaches the client as from a direct server.
+- a protocol violation on either side             -> the violating side gets the violation's
+  code from the proxy (1002 protocol error, 1007 invalid UTF-8, 1009 too big: the route's
+  ``max_message_size`` / ``max_frame_size`` / ``validate_utf8``, checked by the trackers),
+  the other side a Close of the proxy's own: the member 1001 ("going away") when the client
+  broke the rules, the client 1011 (a server error, from where it stands) when the member
+  did. The frames before the bad one are delivered, nothing of the bad one is. After a
+  client's violation the member answers our 1001 first (track mode): its replies to the
+  valid messages still reach the client, then the client gets the violation's Close in
+  place of the member's, as from a conformant server reached directly. Each violation is
+  one INFO log line and a ``wsproxy_rejections_total`` count (ws_protocol, ws_utf8, ws_too_big).
 - a leg that stops answering our pings (keep-alive) -> Close 1001 to the other side, and
   the silent leg is aborted (proxy/keepalive.py).
 A leg whose closing handshake is done (or whose peer is gone) is shut with a FIN, then
@@ -43,6 +50,7 @@ from wsproxy import _speedups
 from wsproxy.errors import FrameError
 from wsproxy.logs import event
 from wsproxy._speedups import FrameReader, build_close, build_frame
+from wsproxy.config.schema import WsLimits
 from wsproxy.protocol.frames import OP_CLOSE, OP_PING
 from wsproxy.protocol.relay_core import LEG_BOTH, LEG_CLIENT, LEG_MEMBER
 from wsproxy.proxy import keepalive
@@ -52,6 +60,14 @@ CLIENT = "client"
 MEMBER = "member"
 PROXY = "proxy"
 _C, _M, _BOTH = LEG_CLIENT, LEG_MEMBER, LEG_BOTH  # leg bits of ended/shut/gone
+NO_LIMITS = WsLimits()
+REJECTIONS = {1007: "ws_utf8", 1009: "ws_too_big"}  # metrics.REJECT_REASONS by close code; else ws_protocol
+
+
+def _tracker(masked: bool, rsv: int, limits: WsLimits):
+    """The FrameTracker of one direction (C or pure): the negotiated RSV bits, the limits."""
+    return _speedups.FrameTracker(masked, rsv, limits.max_frame_size, limits.max_message_size,
+                                  limits.validate_utf8)
 
 
 class _Leg(_speedups.RelayCore.Leg, asyncio.BufferedProtocol):
@@ -69,16 +85,19 @@ class WsRelay(_speedups.RelayCore):
 
     __slots__ = (
         "loop", "done", "close_code", "closed_by", "reason", "rsv", "idle_timeout", "idle_since",
-        "sweeper", "linger_handles", "lost_in_flight",
+        "sweeper", "linger_handles", "lost_in_flight", "limits", "listener", "route", "metrics",
     )
 
     Leg = _Leg
 
-    def __init__(self, client, member, *, mode: str, rsv: int, idle_timeout: float, sweeper=None) -> None:
+    def __init__(self, client, member, *, mode: str, rsv: int, idle_timeout: float, sweeper=None,
+                 limits: WsLimits | None = None) -> None:
+        """``limits``: the route's message limits (config.schema.ws_limits), applied both ways
+        in track mode; None: none."""
         track = mode == "track"
-        FrameTracker = _speedups.FrameTracker
-        super().__init__(client, member, FrameTracker(True, rsv) if track else None,
-                         FrameTracker(False, rsv) if track else None)
+        limits = limits or NO_LIMITS
+        super().__init__(client, member, _tracker(True, rsv, limits) if track else None,
+                         _tracker(False, rsv, limits) if track else None)
         self.loop = asyncio.get_running_loop()
         self.done = self.loop.create_future()
         self.close_code: int | None = None  # the first Close of the session (1006: none, TCP gone)
@@ -90,6 +109,16 @@ class WsRelay(_speedups.RelayCore):
         self.sweeper = sweeper  # proxy/idle.py: checks `activity` for the idle timeout
         self.linger_handles: list[asyncio.TimerHandle] = []
         self.lost_in_flight: tuple | None = None  # (frames, bytes) unanswered when the member was lost
+        self.limits = limits
+        # Where violations are reported (set by proxy/websocket.py): the listener's name and
+        # the route's label for the log line, node/metrics.py's Metrics (or None) for the count.
+        self.listener: str | None = None
+        self.route: str | None = None
+        self.metrics = None
+
+    def new_tracker(self, masked: bool):
+        """A FrameTracker for a new stream of this relay (a new member's, proxy/reconnect.py)."""
+        return _tracker(masked, self.rsv, self.limits)
 
     # What App.stop uses on every live session: the awaitable that ends with it, the client
     # connection to abort when the grace period is over, and shutdown().
@@ -219,7 +248,9 @@ class WsRelay(_speedups.RelayCore):
                               "connection closed (raw relay: Close frames are not tracked)")
             self._shut(self.client if ep is self.member else self.member)
         elif ep is self.member:
-            if not self.member_sent_close:
+            if self.answer is not None:  # it left without answering our Close after a client's violation
+                self._cut_after_violation(*self.answer[1:])
+            elif not (self.member_sent_close or self.c2u_broken or self.u2c_broken):
                 if self._reconnect(exc):
                     return  # proxy/reconnect.py: the client waits for another member
                 self._member_lost(exc)
@@ -261,32 +292,52 @@ class WsRelay(_speedups.RelayCore):
         in a chunk already forwarded, so the far side is mid-frame)."""
         return tracker.frame_start - (tracker.bytes_in - len(data))
 
-    def _violation_seen(self, side: str, exc: FrameError) -> None:
+    def _violation_seen(self, side: str, exc: FrameError) -> bool:
+        """Report a violation: the access log's close fields (closed by the proxy, with the
+        violation's code), one INFO line, the rejection counter. False, and nothing reported,
+        when an earlier violation already has the WebSocket closing."""
+        if self.c2u_broken or self.u2c_broken:
+            return False
         self._first_close(PROXY, exc.close_code, "%s protocol violation: %s" % (side, exc.reason))
-        event(logging.INFO, "websocket protocol violation", side=side, code=exc.close_code,
-              reason=exc.reason, client=self.client.address)
+        event(logging.INFO, "websocket protocol violation", listener=self.listener, client=self.client.address,
+              route=self.route, side=side, code=exc.close_code, reason=exc.reason)
+        if self.metrics is not None:
+            self.metrics.rejected(self.listener, REJECTIONS.get(exc.close_code, "ws_protocol"))
+        return True
 
     def _client_violation(self, exc: FrameError, data: bytes) -> None:
-        """The client broke the protocol: what came before the bad frame still goes to the
-        member, then a Close with the violation's code. The member answers first, as a
-        server reached directly would: its replies to the valid messages and its Close reach
-        the client, then the client leg is shut. A silent member is cut after LINGER."""
-        self._violation_seen(CLIENT, exc)
+        """The client broke the protocol (``data``: the read that holds the bad frame): what
+        came before the bad frame still goes to the member, then ``_fail_client``."""
+        first = self._violation_seen(CLIENT, exc)
         self.c2u_broken = True
-        code, reason = exc.close_code, exc.reason[:100]
+        if not first:
+            self._shut(self.client)
+            return
         valid = self._valid_prefix(self.c2u, data)
         if valid > 0 and not self.closed_to_member and not self.ended & _M:
             self.member.write(data[:valid])
             self.bytes_in += valid
             if self.c2u.close_code != -1 and not self.client_sent_close:  # a Close came first
                 self.client_sent_close = self.closed_to_member = True
-        sent = self._close_member(code, reason, at_boundary=valid >= 0)
+        self._fail_client(exc, member_at_boundary=valid >= 0)
+
+    def _fail_client(self, exc: FrameError, member_at_boundary: bool) -> None:
+        """Close 1001 to the member (if its stream is between frames: else its connection is
+        just shut); then the violation's Close to the client, once the member has answered
+        (its replies to the valid messages pass, its Close is replaced: ``_member_answer``),
+        or at once when it cannot (``_member_may_answer``). A silent member is cut after LINGER."""
+        code, reason = exc.close_code, exc.reason[:100]
+        sent = self._close_member(1001, "client violated the protocol", at_boundary=member_at_boundary)
         self.closed_to_member = True
-        if sent and not self.closed_to_client and self.u2c.at_boundary:
+        if sent and not self.closed_to_client and self._member_may_answer():
             self.answer = (FrameReader(masked=False, rsv_allowed=self.rsv), code, reason)
             self.linger_handles.append(self.loop.call_later(LINGER, self._cut_after_violation, code, reason))
         else:
             self._cut_after_violation(code, reason)
+
+    def _member_may_answer(self) -> bool:
+        """The client's stream is between frames, so the member's answer can go to it."""
+        return self.u2c.at_boundary
 
     def _member_answer(self, data: bytes) -> None:
         """After a client's violation: the member's last frames (its replies to the valid
@@ -309,22 +360,33 @@ class WsRelay(_speedups.RelayCore):
         self._cut_after_violation(code, reason)
 
     def _member_violation(self, exc: FrameError, data: bytes) -> None:
-        """The member broke the protocol: the client gets what came before the bad frame,
-        then a Close with the violation's code; the member gets the same Close."""
-        self._violation_seen(MEMBER, exc)
+        """The member broke the protocol (``data``: the read that holds the bad frame): what
+        came before the bad frame still goes to the client, then ``_fail_member``."""
+        first = self._violation_seen(MEMBER, exc)
         self.u2c_broken = True
-        code, reason = exc.close_code, exc.reason[:100]
+        if not first:
+            self._shut(self.member)
+            return
         valid = self._valid_prefix(self.u2c, data)
         if valid > 0 and not self.closed_to_client and not self.ended & _C:
             self.client.write(data[:valid])
             self.bytes_out += valid
             if self.u2c.close_code != -1 and not self.member_sent_close:
                 self.member_sent_close = self.closed_to_client = True
-        self._close_client(code, reason, at_boundary=valid >= 0)
-        self._close_member(code, reason)
-        self.closed_to_client = self.closed_to_member = True
-        self._shut(self.client)
+        self._fail_member(exc, client_at_boundary=valid >= 0)
+
+    def _fail_member(self, exc: FrameError, client_at_boundary: bool) -> None:
+        """The violation's Close to the member, whose connection is then shut; Close 1011 to
+        the client (if its stream is between frames), whose own Close ends its leg, or LINGER."""
+        self._close_member(exc.close_code, exc.reason[:100])
+        self.closed_to_member = True
         self._shut(self.member)
+        sent = self._close_client(1011, "upstream protocol error", at_boundary=client_at_boundary)
+        self.closed_to_client = True
+        if sent and not self.client_sent_close:
+            self.linger_handles.append(self.loop.call_later(LINGER, self._shut, self.client))
+        else:
+            self._shut(self.client)
 
     def _cut_after_violation(self, code: int, reason: str) -> None:
         self.answer = None

@@ -6,10 +6,15 @@ upgrade, to the WebSocket handler, which ends the session with the relay. It is 
 place that knows the order of these steps; the steps live in their own modules.
 
 Timers, like HAProxy's ``timeout http-request`` / ``http-keep-alive``:
-- first request: a client that sends nothing for ``head_timeout`` is closed silently (a
-  browser pre-connect is not an error); one that sent part of a head gets 408;
+- first request: its head must be complete ``head_timeout`` after the accept; a client that
+  sent nothing by then is closed silently (a browser pre-connect is not an error), one that
+  sent part of a head gets 408;
 - later requests: ``keepalive_timeout`` of silence closes quietly; once a head has begun,
   it must complete within ``head_timeout`` (slowloris) or the client gets 408.
+
+Refusals of hostile or broken input (400/505 bad_request, 414/431 too_large, 408 or the
+silent close head_timeout, 429 handshake_rate, 403 origin) each get one log line with a
+``rejection`` field and a count in ``wsproxy_rejections_total`` (``fail(rejection=...)``).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from wsproxy.logs import access, event
 from wsproxy.protocol import http1
 from wsproxy.protocol.handshake import is_websocket_request
 from wsproxy.proxy.http_exchange import HttpExchange
+from wsproxy.proxy.limits import client_key, forwarded_client, retry_after
 from wsproxy.proxy.plugin_hooks import ConnectionPlugins
 from wsproxy.proxy.timers import wait_until
 from wsproxy.proxy.websocket import WebSocketExchange
@@ -239,23 +245,32 @@ class ClientSession:
                     if self.parser.in_head:
                         event(logging.INFO, "client closed mid-head", client=self.ep.address)
                     return None
-                if self.head_started is not None:
-                    deadline = self.head_started + self.cfg.head_timeout
-                elif self.requests == 0:
+                if self.requests == 0:
+                    # From the accept, not the first byte: waiting before it must not buy a
+                    # slow client a second head_timeout (HAProxy's timeout http-request).
                     deadline = self.accepted_at + self.cfg.head_timeout
+                elif self.head_started is not None:
+                    deadline = self.head_started + self.cfg.head_timeout
                 else:
                     deadline = idle_deadline
                 try:
                     await self.wait_wake(deadline)
                 except TimeoutError:
                     if self.head_started is not None or self.parser.in_head:
-                        self.fail(408, "request head not complete within %gs" % self.cfg.head_timeout)
+                        self.fail(408, "request head not complete within %gs" % self.cfg.head_timeout,
+                                  rejection="head_timeout")
+                    elif self.requests == 0:  # connected and sent nothing: closed without an answer
+                        self.count_rejection("head_timeout")
+                        event(logging.INFO, "connection closed without a request", listener=self.cfg.name,
+                              client=self.ep.address, reason="no request within %gs" % self.cfg.head_timeout,
+                              rejection="head_timeout")
                     return None
                 continue
             if isinstance(ev, http1.RequestHead):
                 return ev
             if isinstance(ev, ParseFailure):
-                self.fail(ev.error.status, ev.error.reason)
+                status = ev.error.status
+                self.fail(status, ev.error.reason, rejection="too_large" if status in (414, 431) else "bad_request")
                 return None
             # A stray Body/EndOfMessage can only follow a request we already answered
             # without reading its body (e.g. a 404 with Connection: close): skip it.
@@ -265,6 +280,16 @@ class ClientSession:
         if self.cfg.redirect_https is not None:
             self.redirect_https(head, started)
             return False
+        limits = self.ctx.limits
+        if limits is not None and limits.rate and head.is_upgrade and is_websocket_request(head):
+            # Before plugins and routing: a handshake flood costs as little as possible.
+            key = self.rate_key(head)
+            wait = limits.handshake(key) if key is not None else 0.0
+            if wait:
+                self.fail(429, "WebSocket handshakes from %s over %g/s (burst %d)" % (key, limits.rate, limits.burst),
+                          head=head, started=started, extra_headers=(("Retry-After", retry_after(wait)),),
+                          rejection="handshake_rate")
+                return False
         routing = None
         if self.plugins is not None:
             verdict, routing = await self.plugins.request(head)
@@ -300,6 +325,15 @@ class ClientSession:
         exchange = HttpExchange(self, head, route, pool, started)
         self.handler = exchange
         return await exchange.run()
+
+    def rate_key(self, head) -> str | None:
+        """Whom handshake_rate_per_ip counts this request for: the client (the TCP peer, or
+        the PROXY header's client); from a peer in trusted_proxies, the client its
+        X-Forwarded-For names (limits.forwarded_client), and no one (None) if it names none."""
+        trusted = self.ctx.trusted
+        if trusted and trusted.contains(self.client_ip):
+            return forwarded_client(head.get_all("x-forwarded-for"), trusted)
+        return client_key(self.client_ip)
 
     def redirect_https(self, head, started) -> None:
         """``redirect_https`` on this listener: every request, WebSocket upgrades included,
@@ -338,6 +372,8 @@ class ClientSession:
             status, body, headers = verdict.status, verdict.body, verdict.headers
         names = {name.lower() for name, _ in headers}
         extra = [("Content-Length", str(len(body)))] if "content-length" not in names else []
+        if "strict-transport-security" not in names:
+            extra.extend(self.ctx.hsts)
         if "content-type" not in names and body:
             extra.append(("Content-Type", "text/plain; charset=utf-8"))
         try:
@@ -353,17 +389,31 @@ class ClientSession:
         self.ep.linger_close()
 
     def fail(self, status: int, reason: str, *, head=None, route=None, pool=None, member=None,
-             started=None, extra_headers=()) -> None:
-        """Answer with a short error and close (after the write is flushed)."""
+             started=None, extra_headers=(), rejection: str | None = None) -> None:
+        """Answer with a short error and close (after the write is flushed). ``rejection``:
+        the client was refused (hostile or broken input, a limit): the reason it is counted
+        under in wsproxy_rejections_total, and its log line says "request refused"."""
+        if self.ctx.hsts:
+            extra_headers = (*extra_headers, *self.ctx.hsts)
         body = http1.simple_response(status, reason_body(status, reason), extra_headers=extra_headers, close=True)
         if not self.ep.closed:
             self.ep.write(body)
         level = logging.WARNING if status >= 500 else logging.INFO
-        event(level, "request failed", client=self.ep.address, status=status, reason=reason)
+        if rejection is None:
+            event(level, "request failed", client=self.ep.address, status=status, reason=reason)
+        else:
+            self.count_rejection(rejection)
+            event(level, "request refused", listener=self.cfg.name, client=self.ep.address, status=status,
+                  reason=reason, rejection=rejection)
         self.log_http(head, status, route=route, pool=pool, member=member, reason=reason,
                       bytes_out=len(body), started=started)
         self.eof = True
         self.ep.linger_close()
+
+    def count_rejection(self, reason: str) -> None:
+        metrics = self.ctx.state.metrics
+        if metrics is not None:
+            metrics.rejected(self.cfg.name, reason)
 
     def log_http(self, head, status, *, route=None, pool=None, member=None, reason=None,
                  bytes_in=0, bytes_out=0, started=None, pick=None) -> None:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections import deque
 
 from wsproxy.errors import UpstreamError
 from wsproxy.health import passive
 from wsproxy.logs import event
 from wsproxy.proxy.endpoint import DISCARD, Endpoint
+from wsproxy.tls import describe_error
 
 
 class IdleConnections:
@@ -67,14 +69,36 @@ class IdleConnections:
                 ep.close()
 
 
+def park_key(pool, member):
+    """What a parked connection to ``member`` of ``pool`` is filed under in IdleConnections:
+    its address, and for a TLS pool its TLS settings too (another pool may reach the same
+    address with another SNI, or in plain text). Equal across generations, so a reload
+    still reuses the parked connections."""
+    tls = pool.tls
+    return member.addr if tls is None else (member.addr, pool.config.tls)
+
+
 async def open_connection(member, timeout: float, proxy_header: bytes | None = None, sink=None,
-                          loop: asyncio.AbstractEventLoop | None = None) -> Endpoint:
+                          loop: asyncio.AbstractEventLoop | None = None, tls=None) -> Endpoint:
+    """A connected Endpoint to ``member`` (``tls``: a tls.MemberTls, whose handshake counts
+    in ``timeout``); ``proxy_header`` is written first."""
     loop = loop or asyncio.get_running_loop()
     host, port = member.addr.host, member.addr.port
     # asyncio.timeout, not wait_for: wait_for wraps the connect in a Task of its own, a
     # cost paid on every member connection (benchmarks: µs CPU per handshake).
     async with asyncio.timeout(timeout):
-        _transport, ep = await loop.create_connection(lambda: Endpoint(sink or DISCARD), host, port)
+        if tls is None:
+            _transport, ep = await loop.create_connection(lambda: Endpoint(sink or DISCARD), host, port)
+        elif not proxy_header:
+            _transport, ep = await loop.create_connection(
+                lambda: Endpoint(sink or DISCARD), host, port, ssl=tls.context,
+                server_hostname=tls.server_hostname(host), ssl_handshake_timeout=timeout)
+        else:  # the PROXY header goes first, in plain text; TLS starts after it
+            transport, ep = await loop.create_connection(lambda: Endpoint(sink or DISCARD), host, port)
+            ep.write(proxy_header)
+            proxy_header = None
+            ep.transport = await loop.start_tls(transport, ep, tls.context, server_hostname=tls.server_hostname(host),
+                                                ssl_handshake_timeout=timeout)
     if proxy_header:
         ep.write(proxy_header)  # before anything else on this connection
     return ep
@@ -142,14 +166,15 @@ async def connect_to_pool(pool, idle: IdleConnections | None, *, reuse: bool = T
                 attempt -= 1  # a plugin's reselect is not a failed attempt
                 continue
         if reuse and idle is not None and proxy_header is None:
-            ep = idle.get(member.addr)
+            ep = idle.get(park_key(pool, member))
             if ep is not None:
                 return Upstream(pool, member, ep, True, attempt, queued)
         try:
-            ep = await open_connection(member, cfg.connect_timeout, proxy_header, sink, loop)
+            ep = await open_connection(member, cfg.connect_timeout, proxy_header, sink, loop, pool.tls)
         except (OSError, TimeoutError) as exc:
             pool.release(member)
-            why = "connect timeout" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+            why = ("connect timeout" if isinstance(exc, TimeoutError)
+                   else describe_error(exc) if isinstance(exc, ssl.SSLError) else (exc.strerror or str(exc)))
             failures.append(f"{member.addr}: {why}")
             event(logging.WARNING, "member connect failed", pool=pool.name, member=str(member.addr),
                   error=why, attempt=attempt)

@@ -8,10 +8,12 @@ anything but 101 has its response relayed as the plain HTTP response it is.
 
 from __future__ import annotations
 
+import logging
 import time
 
+from wsproxy.config.schema import RouteConfig, ws_limits
 from wsproxy.errors import HandshakeError
-from wsproxy.logs import access
+from wsproxy.logs import access, event
 from wsproxy.protocol import http1, proxy_header
 from wsproxy.protocol.handshake import (check_server_accept, negotiated_rsv, origin_allowed,
                                         validate_client_handshake)
@@ -23,6 +25,19 @@ from wsproxy.proxy.reconnect import ReconnectRelay
 from wsproxy.proxy.relay import WsRelay
 
 _EXTENSIONS = frozenset({"sec-websocket-extensions"})
+_DEFAULT_LIMITS = ws_limits(RouteConfig(0, ""), None)
+_limits_warned: set[str] = set()  # routes whose pool's limits were reported as not applied
+
+
+def _limits_ignored(route: str, limits) -> None:
+    """A WebSocket of ``route`` got a raw relay although its pool sets message limits: say so
+    once (config/validate.py refuses limits set on a raw route itself)."""
+    if route not in _limits_warned:
+        _limits_warned.add(route)
+        event(logging.WARNING, 'max_message_size, max_frame_size and validate_utf8 ignored: they need relay = '
+              '"track" or "inspect", and this route\'s relay is raw', route=route,
+              max_message_size=limits.max_message_size, max_frame_size=limits.max_frame_size,
+              validate_utf8=limits.validate_utf8)
 
 
 def _relay_mode(route, chain, pool_config) -> str:
@@ -88,11 +103,15 @@ class WebSocketExchange(HttpExchange):
         try:
             validate_client_handshake(head)
         except HandshakeError as exc:
+            # A malformed handshake is a bad request; 426 (another protocol version) is not hostile.
             self.session.fail(exc.status, exc.reason, head=head, route=route, pool=self.pool.name,
-                              started=self.started, extra_headers=exc.headers)
+                              started=self.started, extra_headers=exc.headers,
+                              rejection="bad_request" if exc.status == 400 else None)
             return False
         if route.allowed_origins and not origin_allowed(head.get("origin"), route.allowed_origins):
-            self._fail(403, "origin %r is not allowed on %s" % (head.get("origin"), route.label))
+            # Cross-site WebSocket hijacking: a browser on another site (handshake.origin_allowed).
+            self.session.fail(403, "origin %r is not allowed on %s" % (head.get("origin"), route.label), head=head,
+                              route=route, pool=self.pool.name, started=self.started, rejection="origin")
             return False
         while True:
             if not await self.forward_request():
@@ -168,9 +187,10 @@ class WebSocketExchange(HttpExchange):
                 reconnect_off = "raw relay"
             elif rh.get("sec-websocket-extensions"):
                 reconnect_off = "extension negotiated"
+        limits = ws_limits(route, cfg)  # max_message_size, max_frame_size, validate_utf8
         if self.inspect:
             relay = InspectRelay(self.client, self.up.endpoint, rsv=negotiated_rsv(rh), idle_timeout=idle,
-                                 sweeper=session.ctx.state.sweeper, plugins=self.plugins)
+                                 sweeper=session.ctx.state.sweeper, plugins=self.plugins, limits=limits)
         elif rc is not None and reconnect_off is None:
             relay = ReconnectRelay(
                 self.client, self.up.endpoint, rc=rc, pool=self.pool, pool_member=self.up.member,
@@ -178,10 +198,15 @@ class WebSocketExchange(HttpExchange):
                 subprotocol=rh.get("sec-websocket-protocol"),
                 proxy_header=(proxy_header.build(self.proxy_protocol, session.ep.peer, session.ep.local)
                               if self.proxy_protocol is not None else None),
-                live=session.ctx.state.live, rsv=0, idle_timeout=idle, sweeper=session.ctx.state.sweeper)
+                live=session.ctx.state.live, rsv=0, idle_timeout=idle, sweeper=session.ctx.state.sweeper,
+                limits=limits)
         else:
             relay = WsRelay(self.client, self.up.endpoint, mode=route.relay or cfg.relay, rsv=negotiated_rsv(rh),
-                            idle_timeout=idle, sweeper=session.ctx.state.sweeper)
+                            idle_timeout=idle, sweeper=session.ctx.state.sweeper, limits=limits)
+            if not relay.track and limits != _DEFAULT_LIMITS:
+                _limits_ignored(route.label, limits)
+        # Violations are reported with the listener and the route, and counted (proxy/relay.py).
+        relay.listener, relay.route, relay.metrics = session.cfg.name, route.label, session.ctx.state.metrics
         # Keep-alive (proxy/keepalive.py): the route's ping_interval/pong_timeout, else the pool's.
         ping_interval = route.ping_interval if route.ping_interval is not None else cfg.ping_interval
         if ping_interval > 0 and not relay.use_keepalive(

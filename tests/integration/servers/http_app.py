@@ -37,8 +37,24 @@ def main() -> None:
     ap.add_argument("--name", default="http")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--tls-cert", default=None, help="serve https: PEM certificate chain (with --tls-key)")
+    ap.add_argument("--tls-key", default=None)
+    ap.add_argument("--tls-client-ca", default=None, help="require a client certificate from this CA (mTLS)")
     args = ap.parse_args()
     asyncio.run(amain(args))
+
+
+def tls_context(args):
+    if not args.tls_cert:
+        return None
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(args.tls_cert, args.tls_key)
+    if args.tls_client_ca:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(cafile=args.tls_client_ca)
+    return context
 
 
 def make_app(name: str) -> web.Application:
@@ -83,6 +99,7 @@ def make_app(name: str) -> web.Application:
         return web.json_response({
             "headers": [[k, v] for k, v in request.headers.items()],
             "peer": list(request.transport.get_extra_info("peername") or ()),
+            "client_cert": (request.transport.get_extra_info("peercert") or {}).get("subjectAltName"),
         })
 
     async def conn(request):
@@ -131,7 +148,7 @@ async def amain(args) -> None:
     app = make_app(args.name)
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=300)
     await runner.setup()
-    site = web.TCPSite(runner, args.host, args.port)
+    site = web.TCPSite(runner, args.host, args.port, ssl_context=tls_context(args))
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
     print(f"READY {port}", flush=True)

@@ -37,8 +37,20 @@ def main() -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--record", default=None)
+    ap.add_argument("--tls-cert", default=None, help="serve wss: PEM certificate chain (with --tls-key)")
+    ap.add_argument("--tls-key", default=None)
     args = ap.parse_args()
     asyncio.run(amain(args))
+
+
+def tls_context(args):
+    if not args.tls_cert:
+        return None
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(args.tls_cert, args.tls_key)
+    return context
 
 
 def record(path: str | None, entry: dict) -> None:
@@ -133,6 +145,7 @@ async def amain(args) -> None:
         max_queue=16,
         ping_interval=None,
         close_timeout=5,
+        ssl=tls_context(args),
     ) as server:
         port = server.sockets[0].getsockname()[1]
         print(f"READY {port}", flush=True)
