@@ -6,7 +6,7 @@ PY312   ?= $(shell ls -d $$(pyenv root 2>/dev/null)/versions/3.12*/bin/python 2>
 VENV312 ?= .venv312
 PYTEST_ARGS ?=
 
-.PHONY: help demo test build test-unit test-pure test-py312 conformance conformance-full annotate clean bench bench-quick bench-tools
+.PHONY: help demo test build test-unit test-pure test-py312 conformance conformance-full annotate clean bench bench-quick bench-tools fuzz soak
 
 help:
 	@echo "make demo         venv + install + two demo members + the proxy (prints the URL)"
@@ -15,6 +15,8 @@ help:
 	@echo "make annotate     cython -a reports for ext/*.pyx (ext/*.html)"
 	@echo "make bench        benchmark suite vs direct, HAProxy, NGINX (~12 min; writes benchmarks/RESULTS.md)"
 	@echo "make bench-quick  the same, 1 repeat and short windows (~2 min; prints only)"
+	@echo "make fuzz         atheris harnesses (fuzz/), C and pure build, FUZZ_TIME=300 s each"
+	@echo "make soak         10 min of mixed traffic; RSS and fds must stay flat (SOAK_ARGS=--quick: 1 min)"
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -86,6 +88,21 @@ bench: bench-tools build $(VENV)/.bench-deps
 
 bench-quick: bench-tools build $(VENV)/.bench-deps
 	$(BIN)/python benchmarks/run.py --quick $(BENCH_ARGS)
+
+# -- fuzzing (issue #7): the harnesses in fuzz/; new inputs in .fuzz/corpus, crashes in .fuzz/artifacts
+FUZZ_TIME ?= 300
+FUZZ_ARGS ?=
+$(VENV)/.fuzz-deps: pyproject.toml setup.py | $(BIN)/python
+	$(BIN)/pip install -q -e '.[fuzz]'
+	touch $@
+
+fuzz: build $(VENV)/.fuzz-deps
+	$(BIN)/python fuzz/run.py --time $(FUZZ_TIME) $(FUZZ_ARGS)
+
+# -- soak (issue #7): mixed traffic through wsproxy, RSS and fds sampled ------------------
+SOAK_ARGS ?=
+soak: build
+	$(BIN)/python benchmarks/soak.py $(SOAK_ARGS)
 
 annotate: $(VENV)/.test-deps
 	WSPROXY_CYTHON_ANNOTATE=1 $(BIN)/python setup.py -q build_ext --inplace --force
