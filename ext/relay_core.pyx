@@ -127,6 +127,11 @@ cdef class _ReadBuffer:
     def __len__(self):
         return self.size  # asyncio checks it before reading into the buffer
 
+    def __getitem__(self, key):
+        # asyncio's SSL protocol reads into a slice of the buffer it got (buf[offset:]);
+        # a memoryview slice is the same memory (the pure twin's bytearray slices too).
+        return memoryview(self)[key]
+
     def __getbuffer__(self, Py_buffer *view, int flags):
         view.buf = self.data
         view.obj = self

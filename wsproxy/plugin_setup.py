@@ -11,24 +11,14 @@ its plugins/ directory works from anywhere this way).
 
 from __future__ import annotations
 
-import os
 
+from wsproxy.config.paths import resolve_path
 from wsproxy.config.schema import Config
 from wsproxy.errors import ConfigError, ConfigErrors
 from wsproxy.scripting import PluginChain, PluginLoadError, SharedStore, load_plugin
 from wsproxy.scripting import events as ev
 
 __all__ = ["load_chains", "chain_summary"]
-
-
-def _resolve(path: str, source: str) -> str:
-    if os.path.isabs(path):
-        return path
-    if source and os.path.isfile(source):
-        beside = os.path.join(os.path.dirname(os.path.abspath(source)), path)
-        if os.path.exists(beside):
-            return beside
-    return os.path.abspath(path)
 
 
 def load_chains(config: Config, shared: SharedStore | None = None) -> dict[str, PluginChain | None]:
@@ -44,7 +34,7 @@ def load_chains(config: Config, shared: SharedStore | None = None) -> dict[str, 
     for plugin in config.plugins:
         where = f"plugins[{plugin.index}]"
         try:
-            for one in load_plugin(_resolve(plugin.path, config.source), options=dict(plugin.options),
+            for one in load_plugin(resolve_path(plugin.path, config.source), options=dict(plugin.options),
                                    on_error=plugin.on_error, listeners=plugin.listeners, runtime=plugin.runtime,
                                    limits=dict(plugin.limits) or None, shared=store, index=plugin.index):
                 if one.name in names:

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import ssl
 import time
 
+from wsproxy.config.paths import resolve_path
 from wsproxy.errors import ConfigError, ConfigErrors
 from wsproxy.logs import event
 
@@ -36,18 +36,6 @@ _EXPIRY_WARNING = 14 * 86400  # a certificate this close to its end is logged at
 
 def _q(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
-
-
-def resolve(path: str, source: str | None) -> str:
-    """``path`` as written in ``source`` (the config file): absolute, next to the config
-    file when it exists there, else from the working directory."""
-    if os.path.isabs(path):
-        return path
-    if source and os.path.isfile(source):
-        beside = os.path.join(os.path.dirname(os.path.abspath(source)), path)
-        if os.path.exists(beside):
-            return beside
-    return os.path.abspath(path)
 
 
 class _EncryptedKey(Exception):
@@ -204,7 +192,7 @@ def listener_tls(tls, source: str | None, where: str, *, alpn: bool = True, warn
         entries.append((f"{where}.certs[{i}]", entry.cert, entry.key, entry.names))
     contexts = []
     for entry_where, cert, key, names in entries:
-        cert_path, key_path = resolve(cert, source), resolve(key, source)
+        cert_path, key_path = resolve_path(cert, source), resolve_path(key, source)
         context = server_context(tls, alpn)
         if not load_pair(context, cert_path, key_path, entry_where, errors):
             continue
@@ -267,7 +255,7 @@ def member_tls(tls, source: str | None, where: str) -> MemberTls:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     elif tls.ca:
-        ca = resolve(tls.ca, source)
+        ca = resolve_path(tls.ca, source)
         if _read_pem(ca, f"{where}.ca", b"-----BEGIN CERTIFICATE-----", "a PEM CA bundle", errors):
             try:
                 context.load_verify_locations(cafile=ca)
@@ -276,7 +264,7 @@ def member_tls(tls, source: str | None, where: str) -> MemberTls:
     else:
         context.load_default_certs(ssl.Purpose.SERVER_AUTH)
     if tls.cert and tls.key:
-        load_pair(context, resolve(tls.cert, source), resolve(tls.key, source), where, errors)
+        load_pair(context, resolve_path(tls.cert, source), resolve_path(tls.key, source), where, errors)
     if errors:
         raise ConfigErrors(errors, source or "<config>")
     return MemberTls(context, tls.sni)

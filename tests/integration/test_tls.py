@@ -151,9 +151,21 @@ def admin_json(admin: int, path: str):
         return json.loads(r.read())
 
 
+_TLS_MEMBERS: list = []  # started by tls_member(), killed after each test (_kill_tls_members)
+
+
+@pytest.fixture(autouse=True)
+def _kill_tls_members():
+    yield
+    while _TLS_MEMBERS:
+        _TLS_MEMBERS.pop().kill()
+
+
 def tls_member(tmp_path, script: str, name: str, cert_key: tuple[str, str], *extra: str):
-    return start_member(script, name, tmp_path, extra_args=("--tls-cert", cert_key[0], "--tls-key", cert_key[1],
-                                                             *extra))
+    member = start_member(script, name, tmp_path, extra_args=("--tls-cert", cert_key[0], "--tls-key", cert_key[1],
+                                                               *extra))
+    _TLS_MEMBERS.append(member)
+    return member
 
 
 def check(conf_text: str, tmp_path) -> subprocess.CompletedProcess:

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 
 from wsproxy.config import format_plan, load_config, parse_config
 from wsproxy.config import validate
+from wsproxy.config.paths import resolve_path
 from wsproxy.config.schema import HstsConfig, MemberTlsConfig, TlsConfig
 from wsproxy.errors import ConfigErrors
 from wsproxy import tls as wtls
@@ -70,8 +71,8 @@ def test_relative_paths_are_read_next_to_the_config_file(tmp_path, ca, monkeypat
     monkeypatch.chdir("/")
     config = load_config(str(conf))
     assert config.listeners["public"].tls.cert == "site.pem"  # as written; resolved when loaded
-    assert wtls.resolve("site.pem", str(conf)) == str(tmp_path / "site.pem")
-    assert wtls.resolve("/abs/x.pem", str(conf)) == "/abs/x.pem"
+    assert resolve_path("site.pem", str(conf)) == str(tmp_path / "site.pem")
+    assert resolve_path("/abs/x.pem", str(conf)) == "/abs/x.pem"
 
 
 def test_every_key(tmp_path, ca):

@@ -62,7 +62,10 @@ class Endpoint(asyncio.Protocol):
         self.sink.on_data(self, data)
 
     def eof_received(self) -> bool:
-        return self.sink.on_eof(self)
+        keep_open = self.sink.on_eof(self)
+        # A TLS transport cannot stay half-open, and uvloop logs a warning each time it is
+        # asked to (any client could flood the log with close_notify): never ask it.
+        return bool(keep_open) and self.transport.get_extra_info("sslcontext") is None
 
     def connection_lost(self, exc) -> None:
         self.closed = True

@@ -34,7 +34,7 @@ from wsproxy.logs import event
 try:
     from uvloop import Loop as _UvLoop
     from uvloop.loop import SSLProtocol as _UvSSLProtocol
-except ImportError:  # pragma: no cover - uvloop is a dependency; asyncio's loop works too
+except ImportError:  # pragma: no cover - uvloop is a dependency; asyncio's loop is the fallback
     _UvLoop = _UvSSLProtocol = None
 from asyncio.sslproto import SSLProtocol as _AsyncioSSLProtocol
 
@@ -74,7 +74,8 @@ class TlsAccept:
     balancer's TCP check, a port probe) is no failed handshake, only a DEBUG line. The
     handshake timeout counts from the accept."""
 
-    __slots__ = ("ctx", "ep", "make_session", "protocol", "app_transport", "task", "done", "deadline", "timer")
+    __slots__ = ("ctx", "ep", "make_session", "protocol", "app_transport", "task", "done", "deadline", "timer",
+                 "waiter", "early", "early_eof")
 
     def __init__(self, ctx, endpoint, make_session) -> None:
         self.ctx = ctx
@@ -86,6 +87,9 @@ class TlsAccept:
         self.done = False
         self.deadline = 0.0
         self.timer: asyncio.TimerHandle | None = None
+        self.waiter: asyncio.Future | None = None  # the handshake's
+        self.early = bytearray()  # decrypted bytes that came before the session (asyncio's loop)
+        self.early_eof = False
 
     def start(self) -> None:
         loop = self.ctx.state.loop or asyncio.get_running_loop()
@@ -101,7 +105,7 @@ class TlsAccept:
         transport = ep.transport
         terminator = self.ctx.tls
         loop = self.ctx.state.loop or asyncio.get_running_loop()
-        waiter = loop.create_future()
+        waiter = self.waiter = loop.create_future()
         left = max(0.001, self.deadline - loop.time())
         protocol = self.protocol = _ssl_protocol(loop, ep, terminator.context, waiter, left)
         # As start_tls does, but at once: no byte can reach the Endpoint in between.
@@ -127,6 +131,11 @@ class TlsAccept:
         session = self.make_session(self.ctx, ep)
         ep.sink = session
         session.start()
+        if self.early:
+            data, self.early = bytes(self.early), bytearray()
+            session.on_data(ep, data)
+        if self.early_eof and ep.sink is session:
+            session.on_eof(ep)
 
     def _finish(self) -> None:
         self.done = True
@@ -161,11 +170,18 @@ class TlsAccept:
         if self.protocol is None:
             self._begin(data)
         else:
-            _feed(self.protocol, data)
+            # Once the SSL protocol has the transport, what reaches the Endpoint is already
+            # decrypted: the client's first request, sent with its Finished. asyncio's SSL
+            # protocol delivers it before the handshake waiter's callback runs (uvloop after):
+            # keep it for the session.
+            self.early += data
 
     def on_eof(self, ep) -> bool:
         if not self.done:
-            self._closed_quietly()
+            if self.protocol is not None and self.waiter is not None and self.waiter.done():
+                self.early_eof = True  # after the handshake: the session hears of it
+            else:
+                self._closed_quietly()
         return False
 
     def on_lost(self, ep, exc) -> None:
