@@ -6,7 +6,7 @@ PY312   ?= $(shell ls -d $$(pyenv root 2>/dev/null)/versions/3.12*/bin/python 2>
 VENV312 ?= .venv312
 PYTEST_ARGS ?=
 
-.PHONY: help demo test build test-unit test-pure test-py312 conformance conformance-full annotate clean bench bench-quick bench-tools fuzz soak
+.PHONY: help demo test build test-unit test-pure test-py312 conformance conformance-full annotate clean bench bench-quick bench-tls bench-tools fuzz soak
 
 help:
 	@echo "make demo         venv + install + two demo members + the proxy (prints the URL)"
@@ -15,6 +15,7 @@ help:
 	@echo "make annotate     cython -a reports for ext/*.pyx (ext/*.html)"
 	@echo "make bench        benchmark suite vs direct, HAProxy, NGINX (~12 min; writes benchmarks/RESULTS.md)"
 	@echo "make bench-quick  the same, 1 repeat and short windows (~2 min; prints only)"
+	@echo "make bench-tls    wss through wsproxy and HAProxy (~5 min; appends/replaces the TLS section of RESULTS.md)"
 	@echo "make fuzz         atheris harnesses (fuzz/), C and pure build, FUZZ_TIME=300 s each"
 	@echo "make soak         10 min of mixed traffic; RSS and fds must stay flat (SOAK_ARGS=--quick: 1 min)"
 
@@ -88,6 +89,11 @@ bench: bench-tools build $(VENV)/.bench-deps
 
 bench-quick: bench-tools build $(VENV)/.bench-deps
 	$(BIN)/python benchmarks/run.py --quick $(BENCH_ARGS)
+
+# TLS termination (issue #7): wss through wsproxy and HAProxy; TLS_ARGS=--quick prints only
+TLS_ARGS ?= --append benchmarks/RESULTS.md
+bench-tls: bench-tools build $(VENV)/.bench-deps
+	$(BIN)/python benchmarks/tls.py $(TLS_ARGS)
 
 # -- fuzzing (issue #7): the harnesses in fuzz/; new inputs in .fuzz/corpus, crashes in .fuzz/artifacts
 FUZZ_TIME ?= 300
