@@ -385,15 +385,21 @@ class Bench:
         argv = [PY, str(HERE / "load.py"), *args, "--url", f"ws://127.0.0.1:{port}/",
                 "--duration", str(a.duration), "--warmup", str(a.warmup),
                 "--member-pid", str(self.member.p.pid), "--proxy-pgid", str(proxy.pgid if proxy else 0), *extra]
+        return self._run_client(argv, "load.py", proxy)
+
+    def _run_client(self, argv: list[str], name: str, proxy: Proc | None) -> dict:
+        """Run a load client (pinned to the load CPU) and return its last JSON line, with
+        ``error`` set when it failed, timed out or the proxy died meanwhile."""
+        a = self.a
         argv = self.pinned(LOAD_CPU, argv)
         budget = 120 + (a.duration + a.warmup) * 2
         try:
             cp = subprocess.run(argv, capture_output=True, text=True, timeout=budget)
         except subprocess.TimeoutExpired:
-            return {"error": f"load.py timed out after {budget:.0f} s"}
+            return {"error": f"{name} timed out after {budget:.0f} s"}
         lines = [ln for ln in cp.stdout.splitlines() if ln.startswith("{")]
         if cp.returncode != 0 or not lines:
-            return {"error": f"load.py exit {cp.returncode}: {cp.stderr.strip()[-600:]}"}
+            return {"error": f"{name} exit {cp.returncode}: {cp.stderr.strip()[-600:]}"}
         r = json.loads(lines[-1])
         if proxy is not None and not proxy.alive():
             r["error"] = f"proxy died: {proxy.tail(10)}"

@@ -307,21 +307,7 @@ class TlsBench(run.Bench):
                 *args, "--url", f"{scheme}://127.0.0.1:{port}/", "--duration", str(a.duration),
                 "--warmup", str(a.warmup), "--member-pid", str(member.p.pid),
                 "--proxy-pgid", str(proxy.pgid if proxy else 0), *extra]
-        argv = self.pinned(LOAD_CPU, argv)
-        budget = 120 + (a.duration + a.warmup) * 2
-        try:
-            cp = subprocess.run(argv, capture_output=True, text=True, timeout=budget)
-        except subprocess.TimeoutExpired:
-            return {"error": f"client timed out after {budget:.0f} s"}
-        lines = [ln for ln in cp.stdout.splitlines() if ln.startswith("{")]
-        if cp.returncode != 0 or not lines:
-            return {"error": f"client exit {cp.returncode}: {cp.stderr.strip()[-600:]}"}
-        r = json.loads(lines[-1])
-        if proxy is not None and not proxy.alive():
-            r["error"] = f"proxy died: {proxy.tail(10)}"
-        if r.get("errors"):
-            r.setdefault("warning", f"{r['errors']} failed operations ({r.get('first_error')})")
-        return r
+        return self._run_client(argv, "client", proxy)
 
     def probe(self, v: TVariant, port: int) -> dict:
         """One verified handshake with openssl s_client: version, suite, key exchange, tickets."""
